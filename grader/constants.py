@@ -1,0 +1,41 @@
+"""Names, limits and defaults in one place."""
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILTIN_TASKS = REPO_ROOT / "tasks"
+RUBRICS_DIR = REPO_ROOT / "rubrics"
+REPORTS_DIR = REPO_ROOT / "reports"
+
+TASKS_ENV = "TUNEGRADE_TASKS"
+TASK_FILE = "task.yaml"
+CHECKS_FILE = "checks.py"
+TASK_MARKER = ".tunegrade-task"  # written by `export`, lets `check .` find its task
+MANIFEST_FILE = "manifest.json"
+RESULT_FILE = "result.json"
+REPORT_FILE = "report.html"
+COHORT_FILE = "index.html"
+SCRATCH_DIR = ".scratch"
+RUNS_DIR = "runs"
+
+DEFAULT_SEED = 1234
+DEFAULT_BACKEND = "local"
+
+# In-sandbox layout; backends that cannot remap paths show the host paths instead.
+SANDBOX_WORK = "/sandbox/work"
+SANDBOX_OUT = "/sandbox/out"
+SANDBOX_IN = "/sandbox/in"
+
+# Submission intake caps: a submission is code and small files, never weights or data dumps.
+MAX_SUBMISSION_FILES = 2_000
+MAX_SUBMISSION_BYTES = 50 * 1024 * 1024
+MAX_SUBMISSION_FILE_BYTES = 20 * 1024 * 1024
+MAX_ARCHIVE_BYTES = 100 * 1024 * 1024
+
+# Artifacts the candidate's run leaves for the checks.
+MAX_ARTIFACT_BYTES = 2 * 1024 * 1024 * 1024
+
+# Verdict thresholds on the 0-100 score.
+VERDICT_STRONG = 85.0
+VERDICT_MEETS = 70.0
+VERDICT_BORDERLINE = 50.0
