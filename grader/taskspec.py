@@ -1,0 +1,103 @@
+"""task.yaml: what a task pack declares (entry command, inputs, runs, limits, checks)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from grader.schema import Strict, load_model
+from sandbox.base import Limits
+
+TASK_SCHEMA_VERSION = 1
+Level = Literal["junior", "middle", "senior", "lead", "principal"]
+Role = Literal["data-scientist", "llm-engineer"]
+LEVELS: tuple[str, ...] = ("junior", "middle", "senior", "lead", "principal")
+_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+class InputSpec(Strict):
+    """A read-only input folder mounted for every run."""
+
+    asset: str | None = Field(None, description="Folder relative to the task pack (e.g. a tokenizer); public.")
+    generated: bool = Field(False, description="Produced by the task's data generator (hidden) or taken from public/.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputSpec:
+        if bool(self.asset) == self.generated:
+            raise ValueError("give exactly one of `asset` or `generated: true`")
+        return self
+
+
+class RunVariant(Strict):
+    """One execution of the entry command; checks compare variants (e.g. same seed twice)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    params: dict[str, str | int | float] = Field(default_factory=dict)
+    seed_offset: int = Field(0, description="Added to the grading seed for this run.")
+
+
+class CheckSpec(Strict):
+    """A check the task uses, its weight in the score, and whether the candidate's self-check runs it."""
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    weight: float = Field(1.0, ge=0)
+    visible: bool = Field(False, description="Run by `tunegrade check` on public data.")
+    critical: bool = Field(False, description="Failing it caps the verdict at borderline, whatever the score.")
+    title: str
+
+
+class DataSpec(Strict):
+    generator: str = Field(description="Python file (relative to the pack) defining generate(dest, seed, assets).")
+    public: str = Field("public", description="Folder with the generator's output for the public seed.")
+    default_hidden_seed: str = Field(description="Used when no --hidden-seed is given; override it per cohort.")
+
+
+class TaskSpec(Strict):
+    schema_version: int = TASK_SCHEMA_VERSION
+    id: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    version: str
+    title: str
+    summary: str
+    level: Level
+    roles: list[Role] = Field(min_length=1)
+    entry: str = Field(description="Command with {placeholders}: inputs, {out}, {seed} and params.")
+    params: dict[str, str | int | float] = Field(default_factory=dict)
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    data: DataSpec
+    runs: list[RunVariant] = Field(min_length=1)
+    limits: Limits = Field(default_factory=Limits)
+    checks: list[CheckSpec] = Field(min_length=1)
+    export: list[str] = Field(default_factory=list, description="Extra pack paths given to candidates (besides README.md, starter/, public data).")
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_checks(cls, v: list[CheckSpec]) -> list[CheckSpec]:
+        ids = [c.id for c in v]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate check ids: {', '.join(dup)}")
+        return v
+
+    @model_validator(mode="after")
+    def _placeholders_known(self) -> TaskSpec:
+        known = {"out", "seed"} | set(self.inputs) | set(self.params)
+        for run in self.runs:
+            known |= set(run.params)
+        unknown = sorted(set(_PLACEHOLDER.findall(self.entry)) - known)
+        if unknown:
+            raise ValueError(f"entry uses unknown placeholders: {', '.join(unknown)}")
+        names = [r.name for r in self.runs]
+        if len(set(names)) != len(names):
+            raise ValueError("run names must be unique")
+        return self
+
+    @property
+    def main_run(self) -> str:
+        return self.runs[0].name
+
+
+def load_task_spec(path: Path) -> TaskSpec:
+    return load_model(TaskSpec, path, TASK_SCHEMA_VERSION)
