@@ -1,0 +1,31 @@
+"""The checks library: the check API, loading a task's checks, and checks shared by tasks."""
+
+from grader.checks.base import (
+    Artifacts,
+    CandidateFault,
+    CheckContext,
+    InfraFault,
+    Outcome,
+    RunArtifacts,
+    check,
+    failed,
+    graded,
+    passed,
+    read_json,
+    read_jsonl,
+)
+
+__all__ = [
+    "Artifacts",
+    "CandidateFault",
+    "CheckContext",
+    "InfraFault",
+    "Outcome",
+    "RunArtifacts",
+    "check",
+    "failed",
+    "graded",
+    "passed",
+    "read_json",
+    "read_jsonl",
+]

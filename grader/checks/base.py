@@ -1,0 +1,153 @@
+"""What a check is: a pure function of the run's artifacts and the grading context.
+
+A check never runs commands. It returns an :class:`Outcome`; the runner attaches the id and
+weight. A check raises :class:`CandidateFault` when the submission's output is unusable (that
+is a ``fail``); any other exception is a grader fault and becomes ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from sandbox.base import ExecResult
+
+Status = Literal["pass", "partial", "fail", "error"]
+
+
+class CandidateFault(Exception):
+    """The submission's output cannot be used; the check fails with this message."""
+
+
+class InfraFault(Exception):
+    """What the check needs is missing because the grader or sandbox failed; the check errors."""
+
+
+class Outcome(BaseModel):
+    status: Status
+    score: float = Field(ge=0, le=1)
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+def passed(message: str, **data: Any) -> Outcome:
+    return Outcome(status="pass", score=1.0, message=message, data=data)
+
+
+def failed(message: str, **data: Any) -> Outcome:
+    return Outcome(status="fail", score=0.0, message=message, data=data)
+
+
+def graded(score: float, message: str, **data: Any) -> Outcome:
+    """pass at 1, fail at 0, partial in between."""
+    score = min(1.0, max(0.0, score))
+    status: Status = "pass" if score >= 1.0 else "fail" if score <= 0.0 else "partial"
+    return Outcome(status=status, score=score, message=message, data=data)
+
+
+@dataclass
+class RunArtifacts:
+    """One execution of the entry command: its outcome and its output folder (host path)."""
+
+    name: str
+    argv: list[str]
+    out_dir: Path
+    result: ExecResult | None
+    infra_error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def describe_failure(self) -> str:
+        r = self.result
+        assert r is not None
+        if r.timed_out:
+            return f"run '{self.name}' timed out after {r.duration_s:.0f}s"
+        if r.oom_killed:
+            return f"run '{self.name}' ran out of memory"
+        return f"run '{self.name}' exited with status {r.returncode}"
+
+
+@dataclass
+class Artifacts:
+    runs: dict[str, RunArtifacts]
+
+    def require(self, name: str) -> Path:
+        """The output folder of a run that succeeded; otherwise the check cannot proceed."""
+        run = self.runs.get(name)
+        if run is None:
+            raise InfraFault(f"run '{name}' was not executed")
+        if run.infra_error or run.result is None:
+            raise InfraFault(f"run '{name}' could not be executed: {run.infra_error}")
+        if not run.result.ok:
+            raise CandidateFault(run.describe_failure())
+        return run.out_dir
+
+
+@dataclass
+class CheckContext:
+    """What the grader knows: the task, its inputs (host paths), planted cases, parameters."""
+
+    task_dir: Path
+    inputs: dict[str, Path]
+    params: dict[str, Any]
+    seed: int
+    manifest: dict[str, Any] | None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Compute once per grade what several checks need (e.g. the parsed outputs)."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+
+CheckFn = Callable[[Artifacts, CheckContext], Outcome]
+CHECK_ATTR = "__tunegrade_check__"
+
+
+def check(check_id: str) -> Callable[[CheckFn], CheckFn]:
+    """Mark a function as the implementation of check ``check_id``."""
+
+    def deco(fn: CheckFn) -> CheckFn:
+        setattr(fn, CHECK_ATTR, check_id)
+        return fn
+
+    return deco
+
+
+def read_jsonl(path: Path, max_lines: int = 1_000_000) -> list[Any]:
+    """Parse a candidate's JSONL file; malformed content is the candidate's fault."""
+    if not path.is_file():
+        raise CandidateFault(f"{path.name} was not written")
+    rows = []
+    with path.open(encoding="utf-8", errors="strict") as fh:
+        for n, line in enumerate(_lines(fh), start=1):
+            if n > max_lines:
+                raise CandidateFault(f"{path.name}: more than {max_lines} lines")
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise CandidateFault(f"{path.name} line {n}: not JSON ({exc.msg})") from None
+    return rows
+
+
+def _lines(fh: Any) -> Iterator[str]:
+    try:
+        yield from fh
+    except UnicodeDecodeError as exc:
+        raise CandidateFault(f"not UTF-8: {exc.reason}") from None
+
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise CandidateFault(f"{path.name} was not written")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CandidateFault(f"{path.name}: not valid JSON ({exc})") from None

@@ -1,0 +1,100 @@
+"""Run stage: execute each run variant of the entry command in a fresh sandboxed working copy.
+
+Inputs are mounted read-only; the output folder is the only other writable path. After the
+run, the output folder is vetted before any check reads it: links, special files and
+oversized trees are removed and noted, so a check can never be tricked into reading the host.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+from grader.checks.base import RunArtifacts
+from grader.constants import MAX_ARTIFACT_BYTES, SANDBOX_IN, SANDBOX_OUT, SANDBOX_WORK
+from grader.intake import copy_tree
+from grader.tasks import TaskPack
+from sandbox import Mount, RunSpec, Sandbox, SandboxUnavailable
+
+
+def run_params(pack: TaskPack, run_name: str, seed: int) -> dict[str, Any]:
+    """Task params overlaid with the run's own, plus the run's seed."""
+    variant = next(r for r in pack.spec.runs if r.name == run_name)
+    return {**pack.spec.params, **variant.params, "seed": seed + variant.seed_offset}
+
+
+def build_argv(entry: str, values: dict[str, Any]) -> list[str]:
+    """Split first, then fill placeholders per token, so a path with spaces stays one argument."""
+    return [token.format(**values) for token in shlex.split(entry)]
+
+
+def vet_artifacts(out_dir: Path) -> list[str]:
+    """Remove what a check must never follow (links, devices, fifos) and cap the total size."""
+    notes: list[str] = []
+    total = 0
+    for path in sorted(out_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        st = path.lstat()
+        rel = path.relative_to(out_dir)
+        if stat.S_ISLNK(st.st_mode):
+            notes.append(f"removed symlink {rel} -> {path.readlink()}")
+            path.unlink()
+        elif stat.S_ISREG(st.st_mode):
+            if st.st_nlink > 1:
+                notes.append(f"removed hard-linked file {rel}")
+                path.unlink()
+                continue
+            total += st.st_size
+        elif not stat.S_ISDIR(st.st_mode):
+            notes.append(f"removed special file {rel}")
+            path.unlink()
+    if total > MAX_ARTIFACT_BYTES:
+        notes.append(f"outputs total {total >> 20} MiB, over the {MAX_ARTIFACT_BYTES >> 20} MiB cap: discarded")
+        shutil.rmtree(out_dir)
+        out_dir.mkdir()
+    return notes
+
+
+def execute_runs(
+    pack: TaskPack,
+    submission: Path,
+    inputs: dict[str, Path],
+    sandbox: Sandbox,
+    seed: int,
+    runs_dir: Path,
+    scratch: Path,
+) -> dict[str, RunArtifacts]:
+    """Run every variant; a sandbox failure is recorded on the run (an error), never raised as the candidate's."""
+    in_mounts = {name: Mount(source=path, target=f"{SANDBOX_IN}/{name}") for name, path in inputs.items()}
+    results: dict[str, RunArtifacts] = {}
+    for variant in pack.spec.runs:
+        log_dir = runs_dir / variant.name
+        out_dir = log_dir / "out"
+        work = scratch / "work" / variant.name
+        if log_dir.exists():
+            shutil.rmtree(log_dir)
+        out_dir.mkdir(parents=True)
+        copy_tree(submission, work)
+        out_mount = Mount(source=out_dir, target=SANDBOX_OUT, writable=True)
+        values = {name: sandbox.path_for(m) for name, m in in_mounts.items()}
+        values |= run_params(pack, variant.name, seed) | {"out": sandbox.path_for(out_mount)}
+        argv = build_argv(pack.spec.entry, values)
+        spec = RunSpec(
+            argv=argv,
+            workdir=Mount(source=work, target=SANDBOX_WORK, writable=True),
+            mounts=[*in_mounts.values(), out_mount],
+            limits=pack.spec.limits,
+            log_dir=log_dir,
+        )
+        try:
+            result = sandbox.run(spec)
+        except SandboxUnavailable as exc:
+            results[variant.name] = RunArtifacts(variant.name, argv, out_dir, None, infra_error=str(exc))
+            continue
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        notes = vet_artifacts(out_dir)
+        results[variant.name] = RunArtifacts(variant.name, argv, out_dir, result, notes=notes)
+    return results

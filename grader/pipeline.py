@@ -1,0 +1,176 @@
+"""The grade, stage by stage: intake -> inputs -> sandbox runs -> checks -> scores -> result.
+
+Each stage lives in its own module; this one only chains them and keeps the timings.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from grader import __version__
+from grader.checks.base import Artifacts, CheckContext, RunArtifacts
+from grader.constants import RESULT_FILE, RUBRICS_DIR, RUNS_DIR, SCRATCH_DIR
+from grader.errors import BadInput, GraderFault
+from grader.evaluate import run_checks
+from grader.execute import execute_runs, run_params
+from grader.intake import Submission, intake
+from grader.result import Ref, Result, RunRecord, Timings, save_result
+from grader.rubric import load_rubrics
+from grader.scoring import rollup, verdict, weighted_score
+from grader.tasks import TaskPack, copy_public, hidden_variant
+from sandbox import Sandbox, SandboxUnavailable, get_backend
+
+ENV_PACKAGES = ("torch", "transformers", "peft", "trl", "tokenizers", "datasets")
+
+
+@dataclass
+class GradeRequest:
+    """One grade. ``public`` selects the candidate's self-check: public data, visible checks only."""
+
+    pack: TaskPack
+    source: Path
+    out: Path
+    candidate: str | None = None
+    backend: str = "local"
+    seed: int = 1234
+    ref: str | None = None
+    hidden_seed: str | None = None
+    role: str | None = None
+    public: bool = False
+
+
+def environment() -> dict[str, str | None]:
+    env: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ENV_PACKAGES:
+        try:
+            env[pkg] = version(pkg)
+        except PackageNotFoundError:
+            env[pkg] = None
+    return env
+
+
+def _prepare_out(out: Path) -> None:
+    """Never overwrite a folder tunegrade did not make: nothing of the user's is lost."""
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"output path {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / RESULT_FILE).exists():
+        raise BadInput(f"output folder {out} is not empty and holds no {RESULT_FILE}; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _open_sandbox(name: str) -> Sandbox:
+    try:
+        return get_backend(name)
+    except KeyError:
+        raise BadInput(f"unknown sandbox backend {name!r}") from None
+    except SandboxUnavailable as exc:
+        raise GraderFault(f"sandbox backend {name!r} is unavailable: {exc}") from None
+
+
+def _run_record(run: RunArtifacts, out: Path) -> RunRecord:
+    r = run.result
+    return RunRecord(
+        name=run.name,
+        argv=run.argv,
+        returncode=r.returncode if r else None,
+        timed_out=r.timed_out if r else False,
+        oom_killed=r.oom_killed if r else False,
+        duration_s=round(r.duration_s, 3) if r else 0.0,
+        max_rss_mb=r.max_rss_mb if r else None,
+        stdout_truncated=r.stdout_truncated if r else False,
+        stderr_truncated=r.stderr_truncated if r else False,
+        log_dir=run.out_dir.parent.relative_to(out).as_posix(),
+        infra_error=run.infra_error,
+        notes=run.notes,
+    )
+
+
+def grade(req: GradeRequest) -> Result:
+    """Grade one submission and write ``req.out/result.json``; the caller renders the report."""
+    t0 = time.perf_counter()
+    pack = req.pack
+    role = req.role or pack.spec.roles[0]
+    if role not in pack.spec.roles:
+        raise BadInput(f"task {pack.id} is not graded for role {role!r} (roles: {', '.join(pack.spec.roles)})")
+    rubric = load_rubrics(RUBRICS_DIR)[role]
+    sandbox = _open_sandbox(req.backend)
+    out = req.out.resolve()  # the sandbox binds absolute paths whatever the caller's cwd
+    _prepare_out(out)
+    scratch = out / SCRATCH_DIR
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        submission: Submission = intake(req.source, scratch / "submission", req.ref)
+        t_intake = time.perf_counter()
+
+        inputs_dir = scratch / "inputs"
+        inputs_dir.mkdir()
+        if req.public:
+            manifest = copy_public(pack, inputs_dir)
+            variant = f"{pack.id}@{pack.spec.version}#public"
+        else:
+            seed_text = req.hidden_seed or pack.spec.data.default_hidden_seed
+            manifest = pack.generate(inputs_dir, seed_text)
+            variant = hidden_variant(pack, seed_text)
+        inputs = {name: inputs_dir / name for name in pack.generated_inputs()} | pack.asset_inputs()
+        t_inputs = time.perf_counter()
+
+        runs = execute_runs(pack, submission.root, inputs, sandbox, req.seed, out / RUNS_DIR, scratch)
+        t_runs = time.perf_counter()
+
+        ctx = CheckContext(
+            task_dir=pack.dir,
+            inputs=inputs,
+            params=run_params(pack, pack.spec.main_run, req.seed),
+            seed=req.seed,
+            manifest=manifest,
+        )
+        checks = run_checks(pack, Artifacts(runs=runs), ctx, visible_only=req.public)
+        t_checks = time.perf_counter()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    infra_errors = [f"run {r.name}: {r.infra_error}" for r in runs.values() if r.infra_error]
+    score = weighted_score(checks)
+    rss = [r.result.max_rss_mb for r in runs.values() if r.result and r.result.max_rss_mb is not None]
+    result = Result(
+        tool_version=__version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        task=Ref(id=pack.id, version=pack.spec.version),
+        task_title=pack.spec.title,
+        rubric=Ref(id=rubric.id, version=rubric.version),
+        role=role,
+        level=pack.spec.level,
+        candidate=req.candidate or submission.name,
+        submission_sha256=submission.sha256,
+        submission_source=submission.source,
+        hidden_variant=variant,
+        backend=req.backend,
+        isolation=sandbox.isolation(),
+        environment=environment(),
+        seed=req.seed,
+        timings=Timings(
+            intake_s=round(t_intake - t0, 3),
+            inputs_s=round(t_inputs - t_intake, 3),
+            runs_s=round(t_runs - t_inputs, 3),
+            checks_s=round(t_checks - t_runs, 3),
+            total_s=round(time.perf_counter() - t0, 3),
+        ),
+        resources={
+            "max_rss_mb": max(rss) if rss else None,
+            "run_seconds": round(sum(r.result.duration_s for r in runs.values() if r.result), 3),
+        },
+        runs=[_run_record(r, out) for r in runs.values()],
+        checks=checks,
+        rollup=rollup(rubric, pack.spec.level, pack.id, checks),
+        score=score,
+        verdict=verdict(score, checks, infra_errors),
+        errors=infra_errors + [f"check {c.id}: {c.evidence.message}" for c in checks if c.status == "error"],
+    )
+    save_result(result, out / RESULT_FILE)
+    return result

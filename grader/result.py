@@ -1,0 +1,123 @@
+"""result.json: the versioned record of one grade. Reports are rendered from it alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from grader.checks.base import Status
+from grader.schema import Strict, load_model
+from sandbox.base import Isolation
+
+RESULT_SCHEMA_VERSION = 1
+Verdict = Literal["strong", "meets", "borderline", "below", "incomplete", "error"]
+
+
+class Ref(Strict):
+    id: str
+    version: str
+
+
+class Evidence(Strict):
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class CheckRecord(Strict):
+    id: str
+    title: str
+    status: Status
+    score: float = Field(ge=0, le=1)
+    weight: float = Field(ge=0)
+    critical: bool = False
+    evidence: Evidence
+
+
+class RunRecord(Strict):
+    """One execution of the candidate's entry command."""
+
+    name: str
+    argv: list[str]
+    returncode: int | None
+    timed_out: bool
+    oom_killed: bool
+    duration_s: float
+    max_rss_mb: float | None
+    stdout_truncated: bool
+    stderr_truncated: bool
+    log_dir: str = Field(description="Relative to the result folder: stdout.txt, stderr.txt and out/.")
+    infra_error: str | None = None
+    notes: list[str] = Field(default_factory=list, description="What the grader removed from the outputs, and why.")
+
+
+class CompetencyRecord(Strict):
+    """A rubric competency of the graded level, and what this grade says about it."""
+
+    id: str
+    title: str
+    quote: str
+    weight: float
+    kind: Literal["checks", "panel"]
+    status: Literal["assessed", "not-covered", "awaiting-panel", "panel-scored", "error"]
+    score: float | None = Field(None, ge=0, le=1)
+    checks: list[str] = Field(default_factory=list)
+    note: str | None = None
+
+
+class LevelRollup(Strict):
+    role: str
+    level: str
+    score: float | None = Field(description="0-100 over the assessed competencies; None if none assessed.")
+    assessed_weight: float
+    total_weight: float
+    pass_score: float
+    competencies: list[CompetencyRecord]
+
+
+class Timings(Strict):
+    intake_s: float = 0
+    inputs_s: float = 0
+    runs_s: float = 0
+    checks_s: float = 0
+    total_s: float = 0
+
+
+class Result(Strict):
+    schema_version: int = RESULT_SCHEMA_VERSION
+    tool_version: str
+    created_at: str
+    task: Ref
+    task_title: str
+    rubric: Ref
+    role: str
+    level: str
+    candidate: str
+    submission_sha256: str
+    submission_source: str = Field(description="What was submitted: directory, archive or git ref (name only).")
+    hidden_variant: str = Field(description="Identifies the hidden input set without revealing its seed.")
+    backend: str
+    isolation: Isolation
+    environment: dict[str, str | None]
+    seed: int
+    timings: Timings
+    resources: dict[str, float | None]
+    runs: list[RunRecord]
+    checks: list[CheckRecord]
+    rollup: LevelRollup
+    score: float | None = Field(ge=0, le=100, description="Weighted check score over checks that did not error.")
+    verdict: Verdict
+    errors: list[str] = Field(default_factory=list, description="Grader or infrastructure faults, never the candidate's.")
+
+    @property
+    def error_checks(self) -> list[CheckRecord]:
+        return [c for c in self.checks if c.status == "error"]
+
+
+def load_result(path: Path) -> Result:
+    return load_model(Result, path, RESULT_SCHEMA_VERSION)
+
+
+def save_result(result: Result, path: Path) -> None:
+    path.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")

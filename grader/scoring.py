@@ -1,0 +1,73 @@
+"""Scores stage: the weighted check score, the verdict, and the roll-up onto the rubric level.
+
+Checks that errored are the grader's fault: they are left out of the score (never counted as
+0) and the verdict says the grade is incomplete.
+"""
+
+from __future__ import annotations
+
+from grader.constants import VERDICT_BORDERLINE, VERDICT_MEETS, VERDICT_STRONG
+from grader.result import CheckRecord, CompetencyRecord, LevelRollup, Verdict
+from grader.rubric import Rubric
+
+
+def weighted_score(checks: list[CheckRecord]) -> float | None:
+    counted = [c for c in checks if c.status != "error" and c.weight > 0]
+    total = sum(c.weight for c in counted)
+    if not total:
+        return None
+    return round(100 * sum(c.weight * c.score for c in counted) / total, 1)
+
+
+def verdict(score: float | None, checks: list[CheckRecord], infra_errors: list[str]) -> Verdict:
+    """Score bands, capped by findings: "strong" needs every check passed, "meets" no critical check failed.
+
+    Sixteen weighted checks would otherwise let a submission that leaks PII into training data
+    score 89 and read "strong".
+    """
+    if score is None:
+        return "error"
+    if infra_errors or any(c.status == "error" for c in checks):
+        return "incomplete"
+    all_passed = all(c.status == "pass" for c in checks)
+    critical_failed = any(c.status == "fail" and c.critical for c in checks)
+    if score >= VERDICT_STRONG and all_passed:
+        return "strong"
+    if score >= VERDICT_MEETS and not critical_failed:
+        return "meets"
+    if score >= VERDICT_BORDERLINE:
+        return "borderline"
+    return "below"
+
+
+def rollup(rubric: Rubric, level: str, task_id: str, checks: list[CheckRecord]) -> LevelRollup:
+    """Score each competency of ``level`` from the checks of this task that evidence it."""
+    by_id = {f"{task_id}/{c.id}": c for c in checks}
+    lvl = next(lv for lv in rubric.levels if lv.level == level)
+    records: list[CompetencyRecord] = []
+    for comp in lvl.competencies:
+        base = dict(id=comp.id, title=comp.title, quote=comp.quote, weight=comp.weight, note=comp.note)
+        if comp.panel:
+            records.append(CompetencyRecord(**base, kind="panel", status="awaiting-panel"))
+            continue
+        mine = [by_id[ref] for ref in comp.checks if ref in by_id]
+        refs = [c.id for c in mine]
+        if not mine:
+            records.append(CompetencyRecord(**base, kind="checks", status="not-covered", checks=list(comp.checks)))
+        elif any(c.status == "error" for c in mine):
+            records.append(CompetencyRecord(**base, kind="checks", status="error", checks=refs))
+        else:
+            weights = [c.weight or 1.0 for c in mine]
+            score = sum(w * c.score for w, c in zip(weights, mine)) / sum(weights)
+            records.append(CompetencyRecord(**base, kind="checks", status="assessed", score=round(score, 3), checks=refs))
+    assessed = [r for r in records if r.status == "assessed"]
+    assessed_w = sum(r.weight for r in assessed)
+    return LevelRollup(
+        role=rubric.role,
+        level=level,
+        score=round(100 * sum(r.weight * (r.score or 0) for r in assessed) / assessed_w, 1) if assessed_w else None,
+        assessed_weight=assessed_w,
+        total_weight=sum(r.weight for r in records),
+        pass_score=lvl.pass_score,
+        competencies=records,
+    )
