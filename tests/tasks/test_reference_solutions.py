@@ -1,0 +1,88 @@
+"""The grader's own test corpus: every task's reference submissions graded end to end.
+
+Each `solutions/good*` scores at least 90 with every check passing; each `solutions/flawed-*`
+fails the check its FLAW.md names (first line `check: <id>`) and is never rated "strong"; the
+starter does not pass. Grades run through the real pipeline and the default (local) sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from grader.pipeline import GradeRequest, grade
+from grader.result import Result
+from grader.tasks import TaskPack, discover
+
+PACKS = discover([])
+CASES = [
+    (pack.id, sol.name)
+    for pack in PACKS.values()
+    for sol in sorted((pack.dir / "solutions").iterdir())
+    if sol.is_dir()
+] + [(pack.id, "starter") for pack in PACKS.values()]
+
+
+def _source(pack: TaskPack, name: str) -> Path:
+    return pack.dir / "starter" if name == "starter" else pack.dir / "solutions" / name
+
+
+def flaw_check(pack: TaskPack, name: str) -> str:
+    first = (_source(pack, name) / "FLAW.md").read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("check: "), f"{name}/FLAW.md must start with 'check: <id>'"
+    return first.removeprefix("check: ").strip()
+
+
+@pytest.fixture(scope="session")
+def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Result]:
+    root = tmp_path_factory.mktemp("corpus")
+
+    def one(case: tuple[str, str]) -> Result:
+        task, name = case
+        pack = PACKS[task]
+        return grade(GradeRequest(pack=pack, source=_source(pack, name), out=root / task / name, candidate=name))
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return dict(zip(CASES, pool.map(one, CASES)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c[1].startswith("good")], ids="/".join)
+def test_good_solution_passes(case: tuple[str, str], graded: dict) -> None:
+    result = graded[case]
+    failing = {c.id: f"{c.status}: {c.evidence.message}" for c in result.checks if c.status != "pass"}
+    assert not failing
+    assert result.score is not None and result.score >= 90
+    assert result.verdict == "strong" and not result.errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c[1].startswith("flawed-")], ids="/".join)
+def test_flawed_solution_caught_by_its_check(case: tuple[str, str], graded: dict) -> None:
+    result = graded[case]
+    named = flaw_check(PACKS[case[0]], case[1])
+    check = next(c for c in result.checks if c.id == named)
+    assert check.status in ("fail", "partial") and check.score < 1, check.evidence.message
+    assert result.verdict not in ("strong", "error", "incomplete"), result.verdict
+    assert all(r.returncode == 0 for r in result.runs if r.name == PACKS[case[0]].spec.main_run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] == "starter"], ids="/".join)
+def test_starter_does_not_pass(case: tuple[str, str], graded: dict) -> None:
+    result = graded[case]
+    assert result.verdict == "below"
+    assert next(c for c in result.checks if c.id == "runs").status == "fail"
+
+
+@pytest.mark.parametrize("task", sorted(PACKS))
+def test_corpus_is_complete(task: str) -> None:
+    pack = PACKS[task]
+    names = [n for t, n in CASES if t == task]
+    flawed = [n for n in names if n.startswith("flawed-")]
+    assert "good" in names and len(flawed) >= 6
+    ids = {c.id for c in pack.spec.checks}
+    assert {flaw_check(pack, n) for n in flawed} <= ids
