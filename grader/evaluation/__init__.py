@@ -1,0 +1,46 @@
+"""The grader's own measurements of a candidate's model: it never trusts the numbers a submission prints.
+
+- :mod:`.loading`: the base model (safetensors only) and a validated LoRA adapter.
+- :mod:`.nll`: response-only NLL / perplexity of chat data (the definition candidates must match).
+- :mod:`.generation`: greedy decoding, exact match, ROUGE-L.
+- :mod:`.bootstrap`: confidence intervals and paired base-vs-adapter deltas.
+
+Importing this package does not import torch, transformers or peft; the functions do.
+"""
+
+from grader.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_delta
+from grader.evaluation.chat import RecordError
+from grader.evaluation.generation import encode_prompt, exact_match, greedy_generate, normalise, rouge_l
+from grader.evaluation.loading import (
+    AdapterConfig,
+    AdapterError,
+    ModelError,
+    adapter_tensors,
+    load_adapter,
+    load_model,
+    validate_adapter_dir,
+)
+from grader.evaluation.nll import EncodedExample, ExampleNLL, NLLResult, encode_chat, response_nll
+
+__all__ = [
+    "AdapterConfig",
+    "AdapterError",
+    "EncodedExample",
+    "ExampleNLL",
+    "ModelError",
+    "NLLResult",
+    "RecordError",
+    "adapter_tensors",
+    "bootstrap_ci",
+    "encode_chat",
+    "encode_prompt",
+    "exact_match",
+    "greedy_generate",
+    "load_adapter",
+    "load_model",
+    "normalise",
+    "paired_bootstrap_delta",
+    "response_nll",
+    "rouge_l",
+    "validate_adapter_dir",
+]
