@@ -1,0 +1,419 @@
+"""Read the run telemetry written by ``site/sitecustomize.py`` and summarise it.
+
+What it records
+    Inside every Python process of the candidate's run, without the candidate's cooperation:
+    models loaded (``PreTrainedModel.from_pretrained``), PEFT adapters applied
+    (``get_peft_model``, ``PeftModel.from_pretrained``), each ``Trainer`` built (class and key
+    arguments) and each ``Trainer.train`` (trainable/total parameters at start and end, the
+    parameters the optimizer holds), every ``Trainer.log`` (training loss, eval_loss, step),
+    ``datasets.load_dataset``/``load_from_disk`` calls, files opened for reading through
+    ``open``/``io.open``/``pathlib``, and at exit the wall time, peak RSS and peak CUDA memory.
+
+Event format (one JSON object per line, appended; see :data:`Event` for every field)
+    ``{"v": 1, "event": "<kind>", "pid": 123, "t": <unix time>, ...}`` where kind is one of
+    ``start``, ``file_read``, ``model_loaded``, ``peft_applied``, ``trainer_init``,
+    ``train_start``, ``log``, ``train_end``, ``dataset_load``, ``hook_error``, ``exit``.
+
+Wiring (see :func:`telemetry_mounts` and :func:`telemetry_env`)
+    Mount :data:`SITE_DIR` read-only, a fresh host folder writable, set ``PYTHONPATH`` and
+    ``TUNEGRADE_TELEMETRY``, then :func:`read_telemetry` on the host file after the run.
+
+Honest limits
+    The candidate's code runs in the same process as the hooks. It can undo them, skip them
+    (``python -I``/``-S``/``-E``, ``os._exit``, a subclass that never calls ``super()``), or
+    write to or delete the file. Reads by native code (pyarrow, safetensors, tokenizers) and
+    through ``os.open`` are not seen. So telemetry is evidence, never proof: checks cross-check
+    it with artifacts the grader measures itself (adapter files, parameter counts of saved
+    weights, the sandbox's own timing and memory), and a missing, truncated or garbled file,
+    or a run without its ``exit`` event, is itself evidence. Every line is validated; lines
+    that do not match a known event are counted in ``malformed_lines`` and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from grader.schema import Strict
+from sandbox import Mount
+
+SCHEMA_VERSION = 1
+FORMAT_VERSION = 1  # the "v" of each event line; sitecustomize.FORMAT_VERSION must match
+ENV_OUTPUT = "TUNEGRADE_TELEMETRY"
+SITE_DIR = Path(__file__).parent / "site"
+TELEMETRY_FILENAME = "telemetry.jsonl"
+SANDBOX_TELEMETRY = "/sandbox/telemetry"
+SANDBOX_TELEMETRY_SITE = "/sandbox/telemetry-site"
+MAX_TELEMETRY_BYTES = 20 << 20
+
+
+class _Event(Strict):
+    v: Literal[1] = Field(description="Event format version (FORMAT_VERSION).")
+    pid: int = Field(description="Process that wrote the event.")
+    t: float = Field(description="Unix time of the event.")
+
+
+class StartEvent(_Event):
+    """A Python process started with telemetry on."""
+
+    event: Literal["start"]
+    ppid: int
+    argv: list[str] = Field(description="sys.orig_argv: the full command line.")
+    cwd: str | None
+    python: str | None
+
+
+class FileReadEvent(_Event):
+    """A file opened for reading (first time per process; paths under the Python prefix omitted)."""
+
+    event: Literal["file_read"]
+    path: str = Field(description="Absolute path as the process saw it (in-sandbox path).")
+    mode: str
+
+
+class ModelLoadedEvent(_Event):
+    """A ``PreTrainedModel.from_pretrained`` call returned (outermost call only)."""
+
+    event: Literal["model_loaded"]
+    via: str
+    source: Any = Field(description="The name or path passed in.")
+    cls: str
+    module: str
+    name_or_path: str | None = Field(description="config._name_or_path of the loaded model.")
+    dtype: str | None = Field(description="The loaded model's dtype, e.g. torch.bfloat16.")
+    requested_dtype: str | None = Field(description="The dtype/torch_dtype argument, if any.")
+    quantization_config: dict[str, Any] | None = Field(description="config.quantization_config of the model.")
+    requested_quantization: Any = Field(description="The quantization_config argument, if any.")
+    device_map: Any
+    num_params: int | None
+
+
+class PeftAppliedEvent(_Event):
+    """An adapter was applied: ``get_peft_model`` or ``PeftModel.from_pretrained``."""
+
+    event: Literal["peft_applied"]
+    via: str
+    peft_type: str | None
+    config: dict[str, Any] | None = Field(description="The PEFT config as to_dict() gives it.")
+    adapter_name: Any
+    base_cls: str | None
+    base_name_or_path: str | None
+    model_cls: str
+    trainable_params: int | None = Field(description="Right after the adapter was applied.")
+    total_params: int | None
+
+
+class TrainerInitEvent(_Event):
+    """A ``Trainer`` (or subclass, e.g. SFTTrainer) finished ``__init__``."""
+
+    event: Literal["trainer_init"]
+    trainer_id: int = Field(description="id() of the trainer; with pid, links train and log events.")
+    cls: str
+    bases: list[str]
+    args_cls: str
+    args: dict[str, Any] = Field(description="Key training arguments (learning_rate, max_steps, bf16, ...).")
+    model_cls: str | None
+    name_or_path: str | None
+    peft_configs: dict[str, dict[str, Any]] | None
+    train_rows: int | None
+    eval_rows: int | None
+
+
+class TrainStartEvent(_Event):
+    """``Trainer.train`` was entered."""
+
+    event: Literal["train_start"]
+    trainer_id: int
+    cls: str
+    bases: list[str]
+    model_cls: str | None
+    name_or_path: str | None
+    trainable_params: int | None
+    total_params: int | None
+    peft_configs: dict[str, dict[str, Any]] | None
+
+
+class TrainEndEvent(_Event):
+    """``Trainer.train`` returned or raised."""
+
+    event: Literal["train_end"]
+    trainer_id: int
+    wall_s: float
+    global_step: int | None
+    trainable_params: int | None
+    total_params: int | None
+    optimizer_params: int | None = Field(description="Parameters held by the optimizer's param groups.")
+    error: str | None = Field(description="Exception type if train raised.")
+
+
+class LogEvent(_Event):
+    """One ``Trainer.log`` call (numeric entries only)."""
+
+    event: Literal["log"]
+    trainer_id: int
+    step: int | None
+    epoch: float | None
+    logs: dict[str, float]
+
+
+class DatasetLoadEvent(_Event):
+    """``datasets.load_dataset`` or ``load_from_disk`` was called."""
+
+    event: Literal["dataset_load"]
+    via: str
+    path: Any
+    name: Any = None
+    data_dir: Any = None
+    data_files: Any = None
+    split: Any = None
+
+
+class HookErrorEvent(_Event):
+    """A hook could not be installed on a module (e.g. an API changed)."""
+
+    event: Literal["hook_error"]
+    module: str
+    error: str
+
+
+class ExitEvent(_Event):
+    """The process exited normally (atexit ran): not written on os._exit, SIGKILL or a fatal signal."""
+
+    event: Literal["exit"]
+    wall_s: float = Field(description="Seconds since the process started.")
+    peak_rss_mb: float = Field(description="ru_maxrss of the process itself.")
+    children_peak_rss_mb: float = Field(description="Largest ru_maxrss among its waited-for children.")
+    cuda_peak_mb: float | None = Field(description="Peak allocated CUDA memory summed over devices; None if unused.")
+    cuda_reserved_peak_mb: float | None
+    uncaught: str | None = Field(description="Type of an uncaught exception, if any.")
+    dropped: int = Field(description="Events the writer dropped (over its caps).")
+
+
+Event = Annotated[
+    StartEvent
+    | FileReadEvent
+    | ModelLoadedEvent
+    | PeftAppliedEvent
+    | TrainerInitEvent
+    | TrainStartEvent
+    | TrainEndEvent
+    | LogEvent
+    | DatasetLoadEvent
+    | HookErrorEvent
+    | ExitEvent,
+    Field(discriminator="event"),
+]
+_EVENT = TypeAdapter(Event)
+
+
+class ProcessInfo(Strict):
+    """One Python process of the run."""
+
+    pid: int
+    ppid: int | None = None
+    argv: list[str] = Field(default_factory=list)
+    exited: bool = Field(False, description="Its exit event was written.")
+    wall_s: float | None = None
+    peak_rss_mb: float | None = Field(None, description="Max of its own and its children's peak RSS.")
+    cuda_peak_mb: float | None = None
+    uncaught: str | None = None
+
+
+class TrainRun(Strict):
+    """One ``Trainer.train`` call: start facts, and end facts when it returned."""
+
+    pid: int
+    trainer_id: int
+    cls: str
+    model_cls: str | None
+    trainable_params: int | None = Field(description="At train start.")
+    total_params: int | None
+    peft_configs: dict[str, dict[str, Any]] | None
+    ended: bool = False
+    wall_s: float | None = None
+    global_step: int | None = None
+    trainable_params_end: int | None = None
+    optimizer_params: int | None = None
+    error: str | None = None
+
+
+class Telemetry(Strict):
+    """Summary of one run's telemetry file."""
+
+    schema_version: int = SCHEMA_VERSION
+    present: bool = Field(description="A regular file was found; False is itself evidence.")
+    truncated: bool = Field(False, description=f"Only the first {MAX_TELEMETRY_BYTES >> 20} MiB were read.")
+    malformed_lines: int = Field(0, description="Lines that were not a valid event (garbage, forgeries, cut lines).")
+    processes: list[ProcessInfo] = Field(default_factory=list)
+    models_loaded: list[ModelLoadedEvent] = Field(default_factory=list)
+    peft_configs: list[PeftAppliedEvent] = Field(default_factory=list)
+    trainers: list[TrainerInitEvent] = Field(default_factory=list)
+    trainer: TrainerInitEvent | None = Field(
+        None, description="The trainer of the run chosen below, else the last built."
+    )
+    train_runs: list[TrainRun] = Field(default_factory=list)
+    trainable_params: int | None = Field(
+        None, description="At train start, from the run training the largest fraction of its parameters."
+    )
+    total_params: int | None = None
+    losses: list[tuple[int, float]] = Field(default_factory=list, description="(global step, training loss).")
+    eval_losses: list[tuple[int, float]] = Field(default_factory=list, description="(global step, eval_loss).")
+    datasets_loaded: list[DatasetLoadEvent] = Field(default_factory=list)
+    files_read: list[str] = Field(default_factory=list, description="Sorted, unique, in-sandbox paths.")
+    hook_errors: list[str] = Field(default_factory=list)
+    wall_s: float | None = Field(None, description="Wall time of the main (first) process, from its exit event.")
+    exited: bool = Field(False, description="The main process wrote its exit event.")
+    peak_rss_mb: float | None = Field(None, description="Largest peak RSS of any process or its children.")
+    cuda_peak_mb: float | None = Field(None, description="Largest peak CUDA memory of any process.")
+
+
+def telemetry_env(path_in_sandbox: str, site_dir_in_sandbox: str, *, pythonpath: str | None = None) -> dict[str, str]:
+    """Environment turning telemetry on; ``pythonpath`` (if the run sets one) goes after the site dir."""
+    return {
+        ENV_OUTPUT: path_in_sandbox,
+        "PYTHONPATH": site_dir_in_sandbox + (os.pathsep + pythonpath if pythonpath else ""),
+    }
+
+
+def telemetry_mounts(out_dir: Path) -> tuple[Mount, Mount]:
+    """(site dir read-only, ``out_dir`` writable) at their conventional in-sandbox targets."""
+    return (
+        Mount(source=SITE_DIR, target=SANDBOX_TELEMETRY_SITE),
+        Mount(source=out_dir, target=SANDBOX_TELEMETRY, writable=True),
+    )
+
+
+def _read_capped(path: Path) -> tuple[bytes | None, bool]:
+    """Bytes of a regular file (no symlink, no fifo), at most MAX_TELEMETRY_BYTES; and whether cut."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None, False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, False
+        chunks, size = [], 0
+        while size <= MAX_TELEMETRY_BYTES:
+            chunk = os.read(fd, min(1 << 20, MAX_TELEMETRY_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError:
+        return None, False
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_TELEMETRY_BYTES:
+        return data[: data.rfind(b"\n", 0, MAX_TELEMETRY_BYTES) + 1], True
+    return data, False
+
+
+def parse_events(data: bytes) -> tuple[list[Any], int]:
+    """Valid events in file order, and the number of non-empty lines that were not one."""
+    events, malformed = [], 0
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            events.append(_EVENT.validate_python(json.loads(raw.decode("utf-8"))))
+        except (ValueError, RecursionError, ValidationError):  # JSON, UTF-8 and pydantic errors are ValueErrors
+            malformed += 1
+    return events, malformed
+
+
+def read_telemetry(path: Path) -> Telemetry:
+    """Summarise a telemetry file; never raises on its content (the candidate could have written it)."""
+    data, truncated = _read_capped(Path(path))
+    if data is None:
+        return Telemetry(present=False)
+    events, malformed = parse_events(data)
+    return summarise(events, malformed=malformed, truncated=truncated)
+
+
+def summarise(events: list[Any], *, malformed: int = 0, truncated: bool = False) -> Telemetry:
+    """Fold parsed events into a :class:`Telemetry` (pure)."""
+    tel = Telemetry(present=True, truncated=truncated, malformed_lines=malformed)
+    procs: dict[int, ProcessInfo] = {}
+    runs: list[TrainRun] = []
+    files: set[str] = set()
+    for ev in events:
+        proc = procs.setdefault(ev.pid, ProcessInfo(pid=ev.pid))
+        if isinstance(ev, StartEvent):
+            proc.ppid, proc.argv = ev.ppid, ev.argv
+        elif isinstance(ev, ExitEvent):
+            proc.exited, proc.wall_s, proc.uncaught = True, ev.wall_s, ev.uncaught
+            proc.peak_rss_mb = max(ev.peak_rss_mb, ev.children_peak_rss_mb)
+            proc.cuda_peak_mb = ev.cuda_peak_mb
+        elif isinstance(ev, FileReadEvent):
+            files.add(ev.path)
+        elif isinstance(ev, ModelLoadedEvent):
+            tel.models_loaded.append(ev)
+        elif isinstance(ev, PeftAppliedEvent):
+            tel.peft_configs.append(ev)
+        elif isinstance(ev, TrainerInitEvent):
+            tel.trainers.append(ev)
+        elif isinstance(ev, TrainStartEvent):
+            runs.append(
+                TrainRun(
+                    pid=ev.pid,
+                    trainer_id=ev.trainer_id,
+                    cls=ev.cls,
+                    model_cls=ev.model_cls,
+                    trainable_params=ev.trainable_params,
+                    total_params=ev.total_params,
+                    peft_configs=ev.peft_configs,
+                )
+            )
+        elif isinstance(ev, TrainEndEvent):
+            open_runs = [r for r in runs if (r.pid, r.trainer_id) == (ev.pid, ev.trainer_id) and not r.ended]
+            if open_runs:
+                run = open_runs[-1]
+                run.ended, run.wall_s, run.global_step, run.error = True, ev.wall_s, ev.global_step, ev.error
+                run.trainable_params_end, run.optimizer_params = ev.trainable_params, ev.optimizer_params
+        elif isinstance(ev, LogEvent) and ev.step is not None:
+            if "loss" in ev.logs:
+                tel.losses.append((ev.step, ev.logs["loss"]))
+            if "eval_loss" in ev.logs:
+                tel.eval_losses.append((ev.step, ev.logs["eval_loss"]))
+        elif isinstance(ev, DatasetLoadEvent):
+            tel.datasets_loaded.append(ev)
+        elif isinstance(ev, HookErrorEvent):
+            tel.hook_errors.append(f"{ev.module}: {ev.error}")
+    tel.processes = list(procs.values())
+    tel.files_read = sorted(files)
+    tel.train_runs = runs
+    _fold_processes(tel)
+    _choose_run(tel)
+    return tel
+
+
+def _fold_processes(tel: Telemetry) -> None:
+    pids = {p.pid for p in tel.processes}
+    started = [p for p in tel.processes if p.ppid is not None]
+    main = next((p for p in started if p.ppid not in pids), started[0] if started else None)
+    if main is not None:
+        tel.wall_s, tel.exited = main.wall_s, main.exited
+    rss = [p.peak_rss_mb for p in tel.processes if p.peak_rss_mb is not None]
+    cuda = [p.cuda_peak_mb for p in tel.processes if p.cuda_peak_mb is not None]
+    tel.peak_rss_mb = max(rss) if rss else None
+    tel.cuda_peak_mb = max(cuda) if cuda else None
+
+
+def _choose_run(tel: Telemetry) -> None:
+    """Pick the run training the largest share of its parameters, so a later full run is not hidden."""
+    counted = [r for r in tel.train_runs if r.trainable_params is not None and r.total_params]
+    if counted:
+        run = max(counted, key=lambda r: r.trainable_params / r.total_params)
+        tel.trainable_params, tel.total_params = run.trainable_params, run.total_params
+        match = [t for t in tel.trainers if (t.pid, t.trainer_id) == (run.pid, run.trainer_id)]
+        if match:
+            tel.trainer = match[-1]
+            return
+    tel.trainer = tel.trainers[-1] if tel.trainers else None

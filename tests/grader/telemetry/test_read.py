@@ -1,0 +1,165 @@
+"""read_telemetry: defensive parsing of a file the candidate could have written to."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import threading
+from pathlib import Path
+
+from grader.telemetry import (
+    ENV_OUTPUT,
+    SANDBOX_TELEMETRY,
+    SANDBOX_TELEMETRY_SITE,
+    SITE_DIR,
+    read_telemetry,
+    telemetry_env,
+    telemetry_mounts,
+)
+from grader.telemetry import read as read_mod
+
+
+def ev(event: str, pid: int = 10, **fields) -> str:
+    return json.dumps({"v": 1, "event": event, "pid": pid, "t": 1.0, **fields})
+
+
+START = ev("start", ppid=1, argv=["python", "train.py"], cwd="/sandbox/work", python="/usr/bin/python")
+EXIT = ev(
+    "exit",
+    wall_s=3.5,
+    peak_rss_mb=900.0,
+    children_peak_rss_mb=1200.0,
+    cuda_peak_mb=None,
+    cuda_reserved_peak_mb=None,
+    uncaught=None,
+    dropped=0,
+)
+TRAIN_START = {
+    "trainer_id": 7,
+    "cls": "Trainer",
+    "bases": ["Trainer"],
+    "model_cls": "PeftModelForCausalLM",
+    "name_or_path": "base",
+    "peft_configs": None,
+}
+
+
+def test_garbage_lines_are_ignored_and_counted(tmp_path):
+    garbage = [
+        "not json at all",
+        "[1, 2, 3]",
+        '{"v": 1, "event": "log", "pid": 10}',  # fields missing
+        ev("log", trainer_id=7, step="three", epoch=None, logs={"loss": 1.0}),  # wrong type
+        ev("log", trainer_id=7, step=3, epoch=None, logs={"loss": 1.0}, extra=1),  # unknown key
+        ev("teleport"),  # unknown event
+        json.dumps({"v": 2, "event": "start", "pid": 1, "t": 1.0}),  # newer format
+        "[" * 100000,  # deep nesting
+        '{"v": 1, "event": "exit", "pid": 10, "t": 1.0, "wall_s": 1e999999',  # cut line
+    ]
+    good = [
+        START,
+        ev("log", trainer_id=7, step=1, epoch=0.5, logs={"loss": 2.5, "grad_norm": 1.0}),
+        ev("log", trainer_id=7, step=2, epoch=1.0, logs={"eval_loss": float("nan")}),
+        EXIT,
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(("\n".join(good[:2] + garbage + good[2:]) + "\n\n").encode() + b"\xff\xfe\n")
+    tel = read_telemetry(path)
+    assert tel.malformed_lines == len(garbage) + 1
+    assert tel.losses == [(1, 2.5)]
+    assert tel.eval_losses[0][0] == 2 and tel.eval_losses[0][1] != tel.eval_losses[0][1]  # NaN kept
+    assert tel.wall_s == 3.5 and tel.exited and tel.peak_rss_mb == 1200.0
+
+
+def test_missing_file_symlink_and_fifo_are_not_present(tmp_path):
+    assert not read_telemetry(tmp_path / "absent.jsonl").present
+    secret = tmp_path / "secret"
+    secret.write_text(START + "\n")
+    (tmp_path / "link.jsonl").symlink_to(secret)
+    assert not read_telemetry(tmp_path / "link.jsonl").present
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    result = []
+    reader = threading.Thread(target=lambda: result.append(read_telemetry(tmp_path / "fifo.jsonl")), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert result and not result[0].present  # returned at once: no writer needed
+
+
+def test_oversized_file_is_cut_at_a_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(read_mod, "MAX_TELEMETRY_BYTES", 1000)
+    line = ev("file_read", path="/sandbox/in/x" + "y" * 50, mode="r")
+    (tmp_path / "t.jsonl").write_text("\n".join([line] * 100) + "\n")
+    tel = read_telemetry(tmp_path / "t.jsonl")
+    assert tel.truncated and tel.malformed_lines == 0 and len(tel.files_read) == 1
+
+
+def test_run_training_most_parameters_is_reported():
+    lines = [
+        START,
+        ev(
+            "trainer_init",
+            **{k: v for k, v in TRAIN_START.items() if k != "bases"},
+            bases=[],
+            args_cls="TrainingArguments",
+            args={"learning_rate": 1e-4},
+            train_rows=10,
+            eval_rows=None,
+        ),
+        ev("train_start", **TRAIN_START, trainable_params=10, total_params=1000),
+        ev(
+            "train_end",
+            trainer_id=7,
+            wall_s=1.0,
+            global_step=5,
+            trainable_params=10,
+            total_params=1000,
+            optimizer_params=10,
+            error=None,
+        ),
+        ev(
+            "trainer_init",
+            **{**TRAIN_START, "trainer_id": 8, "cls": "MyTrainer"},
+            args_cls="TrainingArguments",
+            args={"learning_rate": 1e-5},
+            train_rows=10,
+            eval_rows=None,
+        ),
+        ev(
+            "train_start",
+            **{**TRAIN_START, "trainer_id": 8, "cls": "MyTrainer"},
+            trainable_params=1000,
+            total_params=1000,
+        ),
+    ]
+    events, malformed = read_mod.parse_events("\n".join(lines).encode())
+    tel = read_mod.summarise(events, malformed=malformed)
+    assert malformed == 0
+    assert (tel.trainable_params, tel.total_params) == (1000, 1000)
+    assert tel.trainer.cls == "MyTrainer" and tel.trainer.args["learning_rate"] == 1e-5
+    first, second = tel.train_runs
+    assert first.ended and first.optimizer_params == 10 and not second.ended
+    assert not tel.exited and tel.wall_s is None  # no exit event: the process died abnormally
+
+
+def test_env_and_mounts():
+    env = telemetry_env("/sandbox/telemetry/telemetry.jsonl", "/sandbox/telemetry-site")
+    assert env == {ENV_OUTPUT: "/sandbox/telemetry/telemetry.jsonl", "PYTHONPATH": "/sandbox/telemetry-site"}
+    assert telemetry_env("/t", "/s", pythonpath="/x")["PYTHONPATH"] == "/s:/x"
+    site, out = telemetry_mounts(Path("/host/runs/a/telemetry"))
+    assert (site.source, site.target, site.writable) == (SITE_DIR, SANDBOX_TELEMETRY_SITE, False)
+    assert (out.target, out.writable) == (SANDBOX_TELEMETRY, True)
+    assert sorted(p.name for p in SITE_DIR.iterdir() if p.suffix == ".py") == ["sitecustomize.py"]
+
+
+def test_writer_and_reader_agree_on_names():
+    spec = importlib.util.spec_from_file_location("tg_site_probe", SITE_DIR / "sitecustomize.py")
+    module = importlib.util.module_from_spec(spec)
+    saved = os.environ.pop(ENV_OUTPUT, None)
+    try:
+        spec.loader.exec_module(module)  # inactive: the env var is unset
+    finally:
+        if saved is not None:
+            os.environ[ENV_OUTPUT] = saved
+    assert module.ENV_OUTPUT == ENV_OUTPUT
+    assert module.FORMAT_VERSION == read_mod.FORMAT_VERSION
