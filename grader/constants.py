@@ -1,5 +1,6 @@
 """Names, limits and defaults in one place."""
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -8,6 +9,7 @@ RUBRICS_DIR = REPO_ROOT / "rubrics"
 REPORTS_DIR = REPO_ROOT / "reports"
 
 TASKS_ENV = "TUNEGRADE_TASKS"
+CACHE_ENV = "TUNEGRADE_CACHE"  # base-model conversions, weight hashes, reference runs
 TASK_FILE = "task.yaml"
 CHECKS_FILE = "checks.py"
 TASK_MARKER = ".tunegrade-task"  # written by `export`, lets `check .` find its task
@@ -20,6 +22,7 @@ RUNS_DIR = "runs"
 
 DEFAULT_SEED = 1234
 DEFAULT_BACKEND = "local"
+DEFAULT_BASE_MODEL = "tiny"
 
 # In-sandbox layout; backends that cannot remap paths show the host paths instead.
 SANDBOX_WORK = "/sandbox/work"
@@ -39,3 +42,8 @@ MAX_ARTIFACT_BYTES = 2 * 1024 * 1024 * 1024
 VERDICT_STRONG = 85.0
 VERDICT_MEETS = 70.0
 VERDICT_BORDERLINE = 50.0
+
+
+def cache_root() -> Path:
+    """Where repeated work is kept: $TUNEGRADE_CACHE, else ~/.cache/tunegrade."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tunegrade")
