@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from grader.constants import DEFAULT_BACKEND, DEFAULT_SEED, REPORT_FILE, RESULT_FILE, TASK_MARKER, TASKS_ENV
+from grader.constants import DEFAULT_BACKEND, DEFAULT_BASE_MODEL, DEFAULT_SEED, REPORT_FILE, RESULT_FILE, TASK_MARKER, TASKS_ENV
 from grader.errors import BadInput, GraderFault, TunegradeError
 from grader.export import export_task
 from grader.pipeline import GradeRequest, grade
@@ -98,6 +98,10 @@ def _task_for(submission: Path, task: str | None) -> str:
 _backend = click.option("--backend", default=DEFAULT_BACKEND, show_default=True,
                         help="Sandbox backend: local (bubblewrap, falls back to process) or process.")
 _seed = click.option("--seed", default=DEFAULT_SEED, show_default=True, type=int, help="Seed passed to the entry command.")
+_base_model = click.option("--base-model", default=DEFAULT_BASE_MODEL, show_default=True,
+                           help="Base model for model tasks: tiny, smollm2-135m, or a local Hugging Face model folder.")
+_device = click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+                       help="Where the grader's own evaluation runs.")
 
 
 @app.command("check")
@@ -106,11 +110,15 @@ _seed = click.option("--seed", default=DEFAULT_SEED, show_default=True, type=int
 @click.option("--out", "out_dir", type=PathArg, help="Result folder (default ./graded/self-check-<name>).")
 @_backend
 @_seed
-def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend: str, seed: int) -> None:
+@_base_model
+@_device
+def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend: str, seed: int, base_model: str,
+              device: str) -> None:
     """Self-check: run the visible checks on the public data (exit 3 if one does not pass)."""
     pack = get_task(_task_for(submission, task), _tasks_dirs())
     target = out_dir or Path("graded") / slug(f"self-check-{submission.resolve().name}")
-    result = grade(GradeRequest(pack=pack, source=submission, out=target, backend=backend, seed=seed, public=True))
+    result = grade(GradeRequest(pack=pack, source=submission, out=target, backend=backend, seed=seed, public=True,
+                                base_model=base_model, device=device))
     render_report(result, target / REPORT_FILE)
     err.print(_check_table(result))
     err.print(_summary(result))
@@ -129,9 +137,12 @@ def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend:
 @click.option("--ref", help="Git ref to grade when SUBMISSION is a git repository (default HEAD).")
 @click.option("--hidden-seed", envvar="TUNEGRADE_HIDDEN_SEED", help="Secret seed of this cohort's hidden inputs.")
 @click.option("--role", help="Rubric role (default: the task's first role).")
+@_base_model
+@_device
 @click.option("--json", "as_json", is_flag=True, help="Print result.json to stdout.")
 def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str | None, backend: str, seed: int,
-              ref: str | None, hidden_seed: str | None, role: str | None, as_json: bool) -> None:
+              ref: str | None, hidden_seed: str | None, role: str | None, base_model: str, device: str,
+              as_json: bool) -> None:
     """Grade SUBMISSION (folder, .tar.gz/.tgz/.zip, or git repo) on hidden inputs."""
     pack = get_task(task, _tasks_dirs())
     name = candidate or (submission.name.split(".")[0] if submission.is_file() else submission.resolve().name)
@@ -139,7 +150,7 @@ def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str 
     result = grade(
         GradeRequest(
             pack=pack, source=submission, out=target, candidate=candidate, backend=backend,
-            seed=seed, ref=ref, hidden_seed=hidden_seed, role=role,
+            seed=seed, ref=ref, hidden_seed=hidden_seed, role=role, base_model=base_model, device=device,
         )
     )
     report = render_report(result, target / REPORT_FILE)

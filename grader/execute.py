@@ -17,6 +17,7 @@ from grader.checks.base import RunArtifacts
 from grader.constants import MAX_ARTIFACT_BYTES, SANDBOX_IN, SANDBOX_OUT, SANDBOX_WORK
 from grader.intake import copy_tree
 from grader.tasks import TaskPack
+from grader.telemetry import TELEMETRY_FILENAME, telemetry_env, telemetry_mounts
 from sandbox import Mount, RunSpec, Sandbox, SandboxUnavailable
 
 
@@ -65,11 +66,14 @@ def execute_runs(
     seed: int,
     runs_dir: Path,
     scratch: Path,
+    only: list[str] | None = None,
 ) -> dict[str, RunArtifacts]:
-    """Run every variant; a sandbox failure is recorded on the run (an error), never raised as the candidate's."""
+    """Run every variant (or those in ``only``); a sandbox failure is recorded on the run, never blamed on the candidate."""
     in_mounts = {name: Mount(source=path, target=f"{SANDBOX_IN}/{name}") for name, path in inputs.items()}
     results: dict[str, RunArtifacts] = {}
     for variant in pack.spec.runs:
+        if only is not None and variant.name not in only:
+            continue
         log_dir = runs_dir / variant.name
         out_dir = log_dir / "out"
         work = scratch / "work" / variant.name
@@ -78,13 +82,22 @@ def execute_runs(
         out_dir.mkdir(parents=True)
         copy_tree(submission, work)
         out_mount = Mount(source=out_dir, target=SANDBOX_OUT, writable=True)
+        mounts, env, telemetry_file = [*in_mounts.values(), out_mount], {}, None
+        if pack.spec.telemetry:
+            # Outside the working copy and the output folder, so the outputs stay the candidate's alone.
+            site, tel = telemetry_mounts(log_dir / "telemetry")
+            tel.source.mkdir()
+            mounts += [site, tel]
+            env = telemetry_env(f"{sandbox.path_for(tel)}/{TELEMETRY_FILENAME}", sandbox.path_for(site))
+            telemetry_file = tel.source / TELEMETRY_FILENAME
         values = {name: sandbox.path_for(m) for name, m in in_mounts.items()}
         values |= run_params(pack, variant.name, seed) | {"out": sandbox.path_for(out_mount)}
         argv = build_argv(pack.spec.entry, values)
         spec = RunSpec(
             argv=argv,
             workdir=Mount(source=work, target=SANDBOX_WORK, writable=True),
-            mounts=[*in_mounts.values(), out_mount],
+            mounts=mounts,
+            env=env,
             limits=pack.spec.limits,
             log_dir=log_dir,
         )
@@ -96,5 +109,5 @@ def execute_runs(
         finally:
             shutil.rmtree(work, ignore_errors=True)
         notes = vet_artifacts(out_dir)
-        results[variant.name] = RunArtifacts(variant.name, argv, out_dir, result, notes=notes)
+        results[variant.name] = RunArtifacts(variant.name, argv, out_dir, result, notes=notes, telemetry_path=telemetry_file)
     return results

@@ -1,7 +1,7 @@
 """Export: the candidate's starter repo. Only public material leaves the task pack.
 
-Written: README.md, starter/, public inputs under data/, asset inputs (e.g. tokenizer/),
-CHECKS.md and a marker naming the task. Never: hidden/, solutions/, checks.py, manifests.
+Written: README.md, starter/, public inputs (each at its input's name), asset inputs (e.g. tokenizer/), the
+default base model for model tasks (e.g. model/), CHECKS.md and a marker naming the task. Never: hidden/, solutions/, checks.py, manifests.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from grader.constants import TASK_MARKER
+from grader.basemodels import resolve_base_model
+from grader.constants import DEFAULT_BASE_MODEL, TASK_MARKER
 from grader.errors import BadInput, GraderFault
 from grader.tasks import TaskPack
 
@@ -49,10 +50,14 @@ def export_task(pack: TaskPack, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     _copy(pack.dir / "README.md", dest / "README.md")
     _copy(pack.dir / "starter", dest)
-    for name in pack.generated_inputs():
-        _copy(pack.public_dir / name, dest / "data" / name)
+    for name in pack.generated_inputs():  # every input at its own name, as the entry command calls it
+        _copy(pack.public_dir / name, dest / name)
     for name, path in pack.asset_inputs().items():
         _copy(path, dest / name)
+    if pack.base_model_inputs():
+        base = resolve_base_model(DEFAULT_BASE_MODEL)
+        for name in pack.base_model_inputs():
+            _copy(base.path, dest / name)
     for extra in pack.spec.export:
         if any(part in FORBIDDEN for part in Path(extra).parts):
             raise GraderFault(f"task {pack.id}: export lists forbidden path {extra}")

@@ -15,15 +15,18 @@ from pathlib import Path
 
 from grader import __version__
 from grader.checks.base import Artifacts, CheckContext, RunArtifacts
-from grader.constants import RESULT_FILE, RUBRICS_DIR, RUNS_DIR, SCRATCH_DIR
+from grader.constants import DEFAULT_BASE_MODEL, RESULT_FILE, RUBRICS_DIR, RUNS_DIR, SCRATCH_DIR
 from grader.errors import BadInput, GraderFault
 from grader.evaluate import run_checks
 from grader.execute import execute_runs, run_params
+from grader.basemodels import resolve_base_model
 from grader.intake import Submission, intake
+from grader.reference import reference_runs
 from grader.result import Ref, Result, RunRecord, Timings, save_result
 from grader.rubric import load_rubrics
 from grader.scoring import rollup, verdict, weighted_score
 from grader.tasks import TaskPack, copy_public, hidden_variant
+from grader.telemetry import read_telemetry
 from sandbox import Sandbox, SandboxUnavailable, get_backend
 
 ENV_PACKAGES = ("torch", "transformers", "peft", "trl", "tokenizers", "datasets")
@@ -43,6 +46,8 @@ class GradeRequest:
     hidden_seed: str | None = None
     role: str | None = None
     public: bool = False
+    base_model: str = DEFAULT_BASE_MODEL
+    device: str = "auto"
 
 
 def environment() -> dict[str, str | None]:
@@ -53,6 +58,15 @@ def environment() -> dict[str, str | None]:
         except PackageNotFoundError:
             env[pkg] = None
     return env
+
+
+def resolve_device(device: str) -> str:
+    """"auto" is CUDA when the grader's torch sees a GPU, else CPU; torch is imported only for model tasks."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _prepare_out(out: Path) -> None:
@@ -118,6 +132,9 @@ def grade(req: GradeRequest) -> Result:
             manifest = pack.generate(inputs_dir, seed_text)
             variant = hidden_variant(pack, seed_text)
         inputs = {name: inputs_dir / name for name in pack.generated_inputs()} | pack.asset_inputs()
+        base = resolve_base_model(req.base_model) if pack.base_model_inputs() else None
+        inputs |= {name: base.path for name in pack.base_model_inputs()} if base else {}
+        reference = reference_runs(pack, inputs, sandbox, req.seed, variant, base.sha256 if base else None)
         t_inputs = time.perf_counter()
 
         runs = execute_runs(pack, submission.root, inputs, sandbox, req.seed, out / RUNS_DIR, scratch)
@@ -129,8 +146,11 @@ def grade(req: GradeRequest) -> Result:
             params=run_params(pack, pack.spec.main_run, req.seed),
             seed=req.seed,
             manifest=manifest,
+            data_dir=inputs_dir,
+            spec=pack.spec,
+            device=resolve_device(req.device) if base else "cpu",
         )
-        checks = run_checks(pack, Artifacts(runs=runs), ctx, visible_only=req.public)
+        checks = run_checks(pack, Artifacts(runs=runs, reference=reference), ctx, visible_only=req.public)
         t_checks = time.perf_counter()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -152,6 +172,8 @@ def grade(req: GradeRequest) -> Result:
         hidden_variant=variant,
         backend=req.backend,
         isolation=sandbox.isolation(),
+        base_model=base.record() if base else None,
+        device=ctx.device,
         environment=environment(),
         seed=req.seed,
         timings=Timings(
@@ -166,6 +188,7 @@ def grade(req: GradeRequest) -> Result:
             "run_seconds": round(sum(r.result.duration_s for r in runs.values() if r.result), 3),
         },
         runs=[_run_record(r, out) for r in runs.values()],
+        telemetry={r.name: read_telemetry(r.telemetry_path) for r in runs.values() if r.telemetry_path},
         checks=checks,
         rollup=rollup(rubric, pack.spec.level, pack.id, checks),
         score=score,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
 from grader import __version__
 from grader.constants import COHORT_FILE, REPORT_FILE, REPORTS_DIR
@@ -23,6 +24,22 @@ def _compact(data: Any) -> str:
     return text if len(text) <= _EVIDENCE_CHARS else text[:_EVIDENCE_CHARS] + " …"
 
 
+def _sparkline(points: list[tuple[int, float]], width: int = 360, height: int = 80) -> Markup:
+    """An inline SVG loss curve: the report stays one self-contained file."""
+    if len(points) < 2:
+        return Markup("")
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    sx = (width - 8) / ((x1 - x0) or 1)
+    sy = (height - 8) / ((y1 - y0) or 1)
+    path = " ".join(f"{4 + (x - x0) * sx:.1f},{height - 4 - (y - y0) * sy:.1f}" for x, y in points)
+    return Markup(
+        f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="training loss from {ys[0]:.3f} to {ys[-1]:.3f}"><polyline fill="none" stroke="#0969da" '
+        f'stroke-width="1.5" points="{path}"/></svg>'
+    )
+
+
 def _env() -> Environment:
     env = Environment(
         loader=FileSystemLoader(REPORTS_DIR / "templates"),
@@ -32,6 +49,8 @@ def _env() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["compact"] = _compact
+    env.filters["sparkline"] = _sparkline
+    env.tests["startswith"] = lambda value, prefix: str(value).startswith(prefix)
     env.globals |= {
         "css": (REPORTS_DIR / "assets" / "report.css").read_text(encoding="utf-8"),
         "tool_version": __version__,

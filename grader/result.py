@@ -9,6 +9,7 @@ from pydantic import Field
 
 from grader.checks.base import Status
 from grader.schema import Strict, load_model
+from grader.telemetry import Telemetry
 from sandbox.base import Isolation
 
 RESULT_SCHEMA_VERSION = 1
@@ -99,11 +100,14 @@ class Result(Strict):
     hidden_variant: str = Field(description="Identifies the hidden input set without revealing its seed.")
     backend: str
     isolation: Isolation
+    base_model: dict[str, Any] | None = Field(None, description="The base model the task ran on: name, sha256, parameters.")
+    device: str = Field("cpu", description="Where the grader's own evaluation ran.")
     environment: dict[str, str | None]
     seed: int
     timings: Timings
     resources: dict[str, float | None]
     runs: list[RunRecord]
+    telemetry: dict[str, Telemetry] = Field(default_factory=dict, description="Per run: what the hooks inside it recorded.")
     checks: list[CheckRecord]
     rollup: LevelRollup
     score: float | None = Field(ge=0, le=100, description="Weighted check score over checks that did not error.")

@@ -76,6 +76,9 @@ class TaskPack:
                 out[name] = path
         return out
 
+    def base_model_inputs(self) -> list[str]:
+        return [name for name, inp in self.spec.inputs.items() if inp.base_model]
+
     def generated_inputs(self) -> list[str]:
         return [name for name, inp in self.spec.inputs.items() if inp.generated]
 
@@ -102,12 +105,12 @@ def hidden_variant(pack: TaskPack, seed: str) -> str:
 
 
 def copy_public(pack: TaskPack, dest: Path) -> dict[str, Any]:
-    """The public inputs and their manifest, as the candidate's self-check uses them."""
+    """The generator's output for the public seed (inputs and grader-side data), as the self-check uses it."""
     src = pack.public_dir
     for name in pack.generated_inputs():
         if not (src / name).is_dir():
             raise GraderFault(f"task {pack.id}: public data has no {name}/ folder")
-        shutil.copytree(src / name, dest / name)
+    shutil.copytree(src, dest, dirs_exist_ok=True)
     manifest_path = src / MANIFEST_FILE
     return json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
 

@@ -23,12 +23,20 @@ class InputSpec(Strict):
 
     asset: str | None = Field(None, description="Folder relative to the task pack (e.g. a tokenizer); public.")
     generated: bool = Field(False, description="Produced by the task's data generator (hidden) or taken from public/.")
+    base_model: bool = Field(False, description="The base model chosen at grading time (--base-model).")
 
     @model_validator(mode="after")
     def _one_source(self) -> InputSpec:
-        if bool(self.asset) == self.generated:
-            raise ValueError("give exactly one of `asset` or `generated: true`")
+        if [bool(self.asset), self.generated, self.base_model].count(True) != 1:
+            raise ValueError("give exactly one of `asset`, `generated: true` or `base_model: true`")
         return self
+
+
+class Budget(Strict):
+    """What a good solution needs; exceeding it is a finding (within-budget), not a kill (see limits)."""
+
+    wall_time_s: float = Field(gt=0)
+    memory_mb: int = Field(gt=0)
 
 
 class RunVariant(Strict):
@@ -69,6 +77,9 @@ class TaskSpec(Strict):
     data: DataSpec
     runs: list[RunVariant] = Field(min_length=1)
     limits: Limits = Field(default_factory=Limits)
+    budget: Budget | None = None
+    telemetry: bool = Field(False, description="Record run telemetry inside the candidate's Python processes.")
+    reference: str | None = Field(None, description="Solution folder the grader runs as the scale's 1.0 (e.g. solutions/good).")
     checks: list[CheckSpec] = Field(min_length=1)
     export: list[str] = Field(default_factory=list, description="Extra pack paths given to candidates (besides README.md, starter/, public data).")
 

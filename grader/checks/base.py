@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from grader.taskspec import TaskSpec
 from sandbox.base import ExecResult
 
 Status = Literal["pass", "partial", "fail", "error"]
@@ -60,6 +61,7 @@ class RunArtifacts:
     result: ExecResult | None
     infra_error: str | None = None
     notes: list[str] = field(default_factory=list)
+    telemetry_path: Path | None = None
 
     def describe_failure(self) -> str:
         r = self.result
@@ -74,6 +76,7 @@ class RunArtifacts:
 @dataclass
 class Artifacts:
     runs: dict[str, RunArtifacts]
+    reference: dict[str, RunArtifacts] | None = None
 
     def require(self, name: str) -> Path:
         """The output folder of a run that succeeded; otherwise the check cannot proceed."""
@@ -89,13 +92,20 @@ class Artifacts:
 
 @dataclass
 class CheckContext:
-    """What the grader knows: the task, its inputs (host paths), planted cases, parameters."""
+    """What the grader knows: the task, its inputs (host paths), hidden data, planted cases, parameters.
+
+    ``data_dir`` is the generator's whole output, including grader-only data (e.g. a held-out
+    test set) that is never mounted into the candidate's sandbox.
+    """
 
     task_dir: Path
     inputs: dict[str, Path]
     params: dict[str, Any]
     seed: int
     manifest: dict[str, Any] | None
+    data_dir: Path | None = None
+    spec: TaskSpec | None = None
+    device: str = "cpu"
     cache: dict[str, Any] = field(default_factory=dict)
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:

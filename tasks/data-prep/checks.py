@@ -49,7 +49,7 @@ def schema_chat(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
 @check("schema-alpaca")
 def schema_alpaca(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     """Alpaca records (instruction, empty input, output, category) holding the chat run's examples and split."""
-    data, chat = g.rows(artifacts, ctx, "alpaca"), g.rows(artifacts, ctx, "main")
+    data = g.rows(artifacts, ctx, "alpaca")
     total = sum(len(v) for v in data.values())
     if total == 0:
         return failed("the alpaca run wrote no records")

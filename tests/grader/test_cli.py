@@ -95,7 +95,7 @@ def test_export_never_leaks_hidden_material(capsys, tmp_path: Path) -> None:
     code, _, _ = run(capsys, "export", "data-prep", str(dest))
     assert code == 0
     names = {p.relative_to(dest).as_posix() for p in dest.rglob("*")}
-    assert {"README.md", "prepare.py", "CHECKS.md", TASK_MARKER, "data/raw/tickets.jsonl", "tokenizer/tokenizer.json"} <= names
+    assert {"README.md", "prepare.py", "CHECKS.md", TASK_MARKER, "raw/tickets.jsonl", "tokenizer/tokenizer.json"} <= names
     forbidden = ("hidden", "solutions", "checks.py", "grading.py", "manifest.json", "generate.py", "task.yaml")
     assert not [n for n in names if any(part in forbidden for part in n.split("/"))]
     pack = Path(__file__).resolve().parents[2] / "tasks" / "data-prep"
