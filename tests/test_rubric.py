@@ -100,11 +100,11 @@ def test_rejects_both_checks_and_panel(tmp_path: Path, base: dict[str, Any]) -> 
 
 def test_rejects_neither_checks_nor_panel(tmp_path: Path, base: dict[str, Any]) -> None:
     data = copy.deepcopy(base)
-    del data["levels"][1]["competencies"][0]["panel"]
+    del data["levels"][2]["competencies"][0]["panel"]
     rejects(
         tmp_path,
         data,
-        "levels[1].competencies[0]: give exactly one of `checks: [task-id/check-id, ...]` or `panel: true`",
+        "levels[2].competencies[0]: give exactly one of `checks: [task-id/check-id, ...]` or `panel: true`",
     )
 
 

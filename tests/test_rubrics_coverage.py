@@ -209,15 +209,17 @@ def missing_checks(rubric: Rubric, tasks: Path) -> list[str]:
 def test_missing_checks_reads_task_yaml(tmp_path: Path, rubrics: dict[str, Rubric]) -> None:
     rubric = rubrics["llm-engineer"]
     refs = rubric.check_refs()
-    pack = tmp_path / "data-prep"
-    pack.mkdir()
-    declared = [{"id": check, "title": check} for _, task, check in refs if task == "data-prep"]
-    (pack / "task.yaml").write_text(yaml.safe_dump({"id": "data-prep", "checks": declared[1:]}), encoding="utf-8")
-    comp_id, _, first = refs[0]
+    comp_id, first_task, first = refs[0]
+    for task in {t for _, t, _ in refs}:
+        (tmp_path / task).mkdir()
+        declared = [{"id": c, "title": c} for _, t, c in refs if t == task and (t, c) != (first_task, first)]
+        (tmp_path / task / "task.yaml").write_text(yaml.safe_dump({"id": task, "checks": declared}), encoding="utf-8")
     assert missing_checks(rubric, tmp_path) == [
-        f"{comp_id}: data-prep/{first}: tasks/data-prep/task.yaml declares no check {first!r}"
+        f"{comp_id}: {first_task}/{first}: tasks/{first_task}/task.yaml declares no check {first!r}"
     ]
-    assert missing_checks(rubric, tmp_path / "none")[0] == f"{comp_id}: data-prep/{first}: no task pack tasks/data-prep/task.yaml"
+    assert missing_checks(rubric, tmp_path / "none")[0] == (
+        f"{comp_id}: {first_task}/{first}: no task pack tasks/{first_task}/task.yaml"
+    )
 
 
 @pytest.mark.parametrize("role", sorted(ROLE_NAMES.values()))
