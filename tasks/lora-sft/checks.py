@@ -19,7 +19,7 @@ METRIC_TOLERANCE = (0.02, 0.02)  # absolute, plus this fraction of the grader's 
 FULL_FT_FRACTION = 0.5  # more than half the parameters trainable is not LoRA
 LOSS_DROP = 0.10  # last quarter's mean loss at least 10% below the first quarter's
 NORMALISED_PASS = 0.9  # held-out improvement worth 90% of the reference solution's is full marks
-CONTAMINATION = 0.3  # val gap beyond the reference's, as a share of the reference's improvement
+CONTAMINATION_NATS = 0.04  # val-below-test gap allowed beyond the reference solution's own gap
 
 
 # -- shared measurements (computed once per grade) ---------------------------------------------
@@ -233,9 +233,10 @@ def eval_uncontaminated(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     """Validation NLL is not far below held-out NLL, compared with the reference solution's gap."""
     adapter, reference = _adapter_dir(artifacts), _reference_adapter(artifacts)
     gap = _nll(ctx, adapter, "test").mean_nll - _nll(ctx, adapter, "val").mean_nll
+    # Val and test are disjoint draws of one distribution; the reference's gap is what the split
+    # itself contributes, so a model that never saw val stays within a few hundredths of it.
     ref_gap = _nll(ctx, reference, "test").mean_nll - _nll(ctx, reference, "val").mean_nll
-    span = _nll(ctx, None, "test").mean_nll - _nll(ctx, reference, "test").mean_nll
-    limit = ref_gap + CONTAMINATION * max(span, 1e-6)
+    limit = ref_gap + CONTAMINATION_NATS
     data = {"gap": round(gap, 4), "reference_gap": round(ref_gap, 4), "limit": round(limit, 4)}
     if gap > limit:
         return failed(f"validation NLL is {gap:.3f} below held-out NLL (the reference's gap is {ref_gap:.3f}): "
