@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads sleep instead of spinning: on a busy machine, spinning threads of parallel
+# runs make every step several times slower. Read when torch loads, so set before importing it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0}
@@ -56,6 +59,8 @@ def encode(tokenizer: Any, records: list[dict[str, Any]]) -> list[dict[str, list
         enc = tokenizer.apply_chat_template(rec["messages"], tokenize=True, return_dict=True,
                                             return_assistant_tokens_mask=True)
         ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+        if not any(mask):
+            raise SystemExit("the chat template marks no assistant tokens: it needs {% generation %} markers")
         labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
         rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
     return rows

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads sleep instead of spinning: on a busy machine, spinning threads of parallel
+# runs make every step several times slower. Read when torch loads, so set before importing it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0}

@@ -1,0 +1,131 @@
+"""The lora-sft task pack's data generator: sizes, format, disjoint splits, determinism.
+
+Grading every reference submission end to end is tests/tasks/test_reference_solutions.py's job.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACK = ROOT / "tasks" / "lora-sft"
+TOKENIZER = ROOT / "tasks" / "_shared" / "tokenizer"
+TINY = ROOT / "tasks" / "_shared" / "models" / "tiny"
+DATA_SEED = "tests-lora-sft"
+ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
+SPLITS = {"train": "data/train.jsonl", "val": "data/val.jsonl", "test": "heldout/test.jsonl"}
+
+
+def _load(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+generator = _load(PACK / "hidden" / "generate.py", "_test_lora_sft_generate")
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    dest = tmp_path_factory.mktemp("lora-sft-data")
+    manifest = generator.generate(dest, DATA_SEED, {"tokenizer": TOKENIZER})
+    return dest, manifest
+
+
+# -- generator (fast) ---------------------------------------------------------------------------
+
+def test_manifest_counts_and_files(data: tuple[Path, dict]) -> None:
+    dest, manifest = data
+    assert manifest["version"] == 1 and manifest["heldout"] == "heldout/test.jsonl"
+    for split, rel in SPLITS.items():
+        lo, hi = generator.SIZES[split]
+        assert lo <= manifest["counts"][split] <= hi
+        assert len(_records(dest / rel)) == manifest["counts"][split]
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == sorted(SPLITS.values())
+
+
+def test_records_are_chat_records(data: tuple[Path, dict]) -> None:
+    dest, _ = data
+    for rel in SPLITS.values():
+        for rec in _records(dest / rel):
+            assert set(rec) == {"messages", "category"} and rec["category"] in generator.CATEGORIES
+            roles = [m["role"] for m in rec["messages"]]
+            assert roles in (["user", "assistant"], ["system", "user", "assistant"])
+            assert all(isinstance(m["content"], str) and m["content"].strip() for m in rec["messages"])
+
+
+def test_records_render_short_with_assistant_tokens(data: tuple[Path, dict]) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER))
+    dest, _ = data
+    for rel in SPLITS.values():
+        for rec in _records(dest / rel):
+            enc = tok.apply_chat_template(rec["messages"], tokenize=True, return_dict=True,
+                                          return_assistant_tokens_mask=True)
+            assert len(enc["input_ids"]) < generator.MAX_RECORD_TOKENS
+            assert sum(enc["assistant_masks"]) > 10
+
+
+def test_splits_are_disjoint(data: tuple[Path, dict]) -> None:
+    dest, _ = data
+    pairs: dict[str, set[tuple[str, str]]] = {}
+    orders: dict[str, set[str]] = {}
+    for split, rel in SPLITS.items():
+        recs = _records(dest / rel)
+        pairs[split] = {(r["messages"][-2]["content"], r["messages"][-1]["content"]) for r in recs}
+        assert len(pairs[split]) == len(recs)
+        orders[split] = {o for r in recs for o in re.findall(r"#(\d{6})", r["messages"][-2]["content"])}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not pairs[a] & pairs[b], f"{a} and {b} share a conversation"
+        assert not orders[a] & orders[b], f"{a} and {b} share an order number"
+
+
+def test_every_category_and_kind_is_trained_on(data: tuple[Path, dict]) -> None:
+    """What the held-out set asks for, the training set teaches: every category appears in train."""
+    dest, _ = data
+    train = _records(dest / SPLITS["train"])
+    assert {r["category"] for r in train} == set(generator.CATEGORIES)
+    sign_offs = {r["messages"][-1]["content"].rsplit("\n", 1)[-1] for r in train}
+    assert sign_offs == set(generator.SIGN_OFF.values())
+
+
+def test_same_seed_same_bytes_other_seed_other_data(tmp_path: Path, data: tuple[Path, dict]) -> None:
+    dest, manifest = data
+    again = generator.generate(tmp_path / "again", DATA_SEED, {})
+    assert again == manifest
+    for rel in SPLITS.values():
+        assert (tmp_path / "again" / rel).read_bytes() == (dest / rel).read_bytes()
+    generator.generate(tmp_path / "other", DATA_SEED + "-other", {})
+    for rel in SPLITS.values():
+        assert (tmp_path / "other" / rel).read_bytes() != (dest / rel).read_bytes()
+
+
+def test_committed_public_data_is_the_generators(tmp_path: Path) -> None:
+    manifest = generator.generate(tmp_path, "public", {"tokenizer": TOKENIZER})
+    public = PACK / "public"
+    assert json.loads((public / "manifest.json").read_text(encoding="utf-8")) == manifest
+    for rel in SPLITS.values():
+        assert (public / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel
+
+
+def test_generator_leaves_global_random_alone(tmp_path: Path) -> None:
+    import random
+
+    random.seed(1234)
+    expected = random.random()
+    random.seed(1234)
+    generator.generate(tmp_path, DATA_SEED, {})
+    assert random.random() == expected
