@@ -42,6 +42,26 @@ HASH_CACHE_DIR = "weights-sha256"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 PROFILES = ("tiny", "smollm2-135m")
+CONVERSION_VERSION = 2
+# SmolLM2's own template, rendering the same text, plus the `{% generation %}` markers that
+# `return_assistant_tokens_mask=True` needs to mark the assistant tokens (content and `<|im_end|>`),
+# exactly as in the task tokenizer's template; without them every candidate's loss mask is empty.
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+SMOLLM2_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if loop.first and messages[0]['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\n" + SMOLLM2_SYSTEM + "<|im_end|>\\n' }}{%- endif %}"
+    "{%- if message['role'] == 'assistant' %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}{{- '\\n' }}"
+    "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+SAMPLE_CONVERSATIONS = (
+    [{"role": "user", "content": "Where is my order?"}, {"role": "assistant", "content": "On its way."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}],
+)
 
 
 def smollm2_install_command() -> str:
@@ -229,7 +249,9 @@ def ensure_smollm2(cache: Path) -> Path:
     """The converted folder, converting on first use; concurrent converters race to one rename."""
     final = cache / "models" / "smollm2-135m"
     if (final / "config.json").is_file():
-        return final
+        if _conversion_version(final) >= CONVERSION_VERSION:
+            return final
+        shutil.rmtree(final, ignore_errors=True)  # an older conversion: redo it
     gguf = smollm2_gguf()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".smollm2-135m.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
@@ -247,6 +269,28 @@ def ensure_smollm2(cache: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _conversion_version(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / CONVERTED_FILE).read_text(encoding="utf-8")).get("version", 1))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
+
+
+def _mark_assistant_tokens(tokenizer: Any) -> None:
+    """Swap in SMOLLM2_CHAT_TEMPLATE after proving it renders exactly the text of the original."""
+    original = tokenizer.chat_template
+    for messages in SAMPLE_CONVERSATIONS:
+        for prompt in (False, True):
+            before = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt,
+                                                   chat_template=original)
+            after = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt,
+                                                  chat_template=SMOLLM2_CHAT_TEMPLATE)
+            if before != after:
+                raise GraderFault("base model smollm2-135m: the GGUF's chat template changed; "
+                                  f"the marked template renders {after!r} instead of {before!r}")
+    tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -274,6 +318,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=model.config.pad_token_id,
                                                bos_token_id=model.config.bos_token_id, do_sample=False)
     tokenizer.model_max_length = model.config.max_position_embeddings
+    _mark_assistant_tokens(tokenizer)
     out.mkdir(parents=True)
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
@@ -282,7 +327,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         dropped = [key for key in junk if data.pop(key, None) is not None]
         if dropped:
             (out / name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    record = {"source": gguf.name, "source_bytes": gguf.stat().st_size, "transformers": transformers.__version__,
+    record = {"version": CONVERSION_VERSION, "source": gguf.name, "source_bytes": gguf.stat().st_size, "transformers": transformers.__version__,
               "torch": torch.__version__, "python": sys.version.split()[0],
               "seconds": round(time.monotonic() - start, 1)}
     (out / CONVERTED_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

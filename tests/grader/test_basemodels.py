@@ -298,3 +298,8 @@ def test_smollm2_converts_loads_and_answers(tmp_path):
         out = model.generate(**ids, max_new_tokens=20, do_sample=False)
     answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer, answer
+
+    convo = [{"role": "user", "content": "Where is my parcel?"}, {"role": "assistant", "content": "It ships today."}]
+    enc = tok.apply_chat_template(convo, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    marked = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
+    assert tok.decode(marked) == "It ships today.<|im_end|>"
