@@ -100,6 +100,11 @@ _backend = click.option("--backend", default=DEFAULT_BACKEND, show_default=True,
 _seed = click.option("--seed", default=DEFAULT_SEED, show_default=True, type=int, help="Seed passed to the entry command.")
 _base_model = click.option("--base-model", default=DEFAULT_BASE_MODEL, show_default=True,
                            help="Base model for model tasks: tiny, smollm2-135m, or a local Hugging Face model folder.")
+_scale = click.FloatRange(min=0.1, max=100)
+_time_scale = click.option("--time-scale", default=1.0, show_default=True, type=_scale,
+                           help="Scale the task's time limit and budget (a larger base model, slower hardware).")
+_memory_scale = click.option("--memory-scale", default=1.0, show_default=True, type=_scale,
+                             help="Scale the task's memory limit and budget.")
 _device = click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
                        help="Where the grader's own evaluation runs.")
 
@@ -112,13 +117,16 @@ _device = click.option("--device", default="auto", show_default=True, type=click
 @_seed
 @_base_model
 @_device
+@_time_scale
+@_memory_scale
 def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend: str, seed: int, base_model: str,
-              device: str) -> None:
+              device: str, time_scale: float, memory_scale: float) -> None:
     """Self-check: run the visible checks on the public data (exit 3 if one does not pass)."""
     pack = get_task(_task_for(submission, task), _tasks_dirs())
     target = out_dir or Path("graded") / slug(f"self-check-{submission.resolve().name}")
     result = grade(GradeRequest(pack=pack, source=submission, out=target, backend=backend, seed=seed, public=True,
-                                base_model=base_model, device=device))
+                                base_model=base_model, device=device, time_scale=time_scale,
+                                memory_scale=memory_scale))
     render_report(result, target / REPORT_FILE)
     err.print(_check_table(result))
     err.print(_summary(result))
@@ -139,10 +147,12 @@ def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend:
 @click.option("--role", help="Rubric role (default: the task's first role).")
 @_base_model
 @_device
+@_time_scale
+@_memory_scale
 @click.option("--json", "as_json", is_flag=True, help="Print result.json to stdout.")
 def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str | None, backend: str, seed: int,
               ref: str | None, hidden_seed: str | None, role: str | None, base_model: str, device: str,
-              as_json: bool) -> None:
+              time_scale: float, memory_scale: float, as_json: bool) -> None:
     """Grade SUBMISSION (folder, .tar.gz/.tgz/.zip, or git repo) on hidden inputs."""
     pack = get_task(task, _tasks_dirs())
     name = candidate or (submission.name.split(".")[0] if submission.is_file() else submission.resolve().name)
@@ -151,6 +161,7 @@ def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str 
         GradeRequest(
             pack=pack, source=submission, out=target, candidate=candidate, backend=backend,
             seed=seed, ref=ref, hidden_seed=hidden_seed, role=role, base_model=base_model, device=device,
+            time_scale=time_scale, memory_scale=memory_scale,
         )
     )
     report = render_report(result, target / REPORT_FILE)

@@ -48,6 +48,8 @@ class GradeRequest:
     public: bool = False
     base_model: str = DEFAULT_BASE_MODEL
     device: str = "auto"
+    time_scale: float = 1.0
+    memory_scale: float = 1.0
 
 
 def environment() -> dict[str, str | None]:
@@ -108,7 +110,7 @@ def _run_record(run: RunArtifacts, out: Path) -> RunRecord:
 def grade(req: GradeRequest) -> Result:
     """Grade one submission and write ``req.out/result.json``; the caller renders the report."""
     t0 = time.perf_counter()
-    pack = req.pack
+    pack = req.pack.scaled(req.time_scale, req.memory_scale)
     role = req.role or pack.spec.roles[0]
     if role not in pack.spec.roles:
         raise BadInput(f"task {pack.id} is not graded for role {role!r} (roles: {', '.join(pack.spec.roles)})")
@@ -174,6 +176,7 @@ def grade(req: GradeRequest) -> Result:
         isolation=sandbox.isolation(),
         base_model=base.record() if base else None,
         device=ctx.device,
+        limits_scale={"time": req.time_scale, "memory": req.memory_scale},
         environment=environment(),
         seed=req.seed,
         timings=Timings(

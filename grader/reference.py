@@ -24,7 +24,8 @@ DONE_FILE = "reference.json"
 
 
 def _key(pack: TaskPack, source: Path, variant: str, base_model_sha: str | None, seed: int, backend: str) -> str:
-    parts = [pack.id, pack.spec.version, tree_sha256(source), variant, base_model_sha, seed, backend, pack.spec.entry]
+    parts = [pack.id, pack.spec.version, tree_sha256(source), variant, base_model_sha, seed, backend, pack.spec.entry,
+             pack.spec.limits.model_dump(mode="json")]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 

@@ -102,6 +102,8 @@ class Result(Strict):
     isolation: Isolation
     base_model: dict[str, Any] | None = Field(None, description="The base model the task ran on: name, sha256, parameters.")
     device: str = Field("cpu", description="Where the grader's own evaluation ran.")
+    limits_scale: dict[str, float] = Field(default_factory=lambda: {"time": 1.0, "memory": 1.0},
+                                           description="Factors applied to the task's time and memory limits and budget.")
     environment: dict[str, str | None]
     seed: int
     timings: Timings

@@ -12,7 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
@@ -96,6 +96,21 @@ class TaskPack:
     @property
     def public_dir(self) -> Path:
         return self.dir / self.spec.data.public
+
+    def scaled(self, time: float = 1.0, memory: float = 1.0) -> TaskPack:
+        """This pack with its hard limits and budget scaled together.
+
+        task.yaml sizes them for the default base model on a 2-core CPU; a grader running a larger
+        base model, or on slower hardware, scales them rather than editing the pack.
+        """
+        if time == 1.0 and memory == 1.0:
+            return self
+        spec = self.spec
+        limits = spec.limits.model_copy(update={"wall_time_s": spec.limits.wall_time_s * time,
+                                                "memory_mb": round(spec.limits.memory_mb * memory)})
+        budget = spec.budget and spec.budget.model_copy(update={"wall_time_s": spec.budget.wall_time_s * time,
+                                                                "memory_mb": round(spec.budget.memory_mb * memory)})
+        return replace(self, spec=spec.model_copy(update={"limits": limits, "budget": budget}))
 
 
 def hidden_variant(pack: TaskPack, seed: str) -> str:

@@ -40,6 +40,18 @@ def test_timeout_is_candidate_failure(echo, submission, tmp_path: Path) -> None:
     assert runs_check.status == "fail" and "timed out" in runs_check.evidence.message
 
 
+def test_time_scale_stretches_the_limit_and_is_recorded(echo, submission, tmp_path: Path) -> None:
+    """A 7 s run outlives the task's 5 s limit, but not a limit scaled for a bigger model or slower host."""
+    slow = submission("import time\ntime.sleep(7)\n" + GOOD)
+    r = _grade(echo, slow, tmp_path / "o", time_scale=2.0, memory_scale=0.5)
+    assert not r.runs[0].timed_out and r.score == 100.0
+    assert r.limits_scale == {"time": 2.0, "memory": 0.5}
+    assert echo.scaled(2.0, 0.5).spec.limits.model_dump() == echo.spec.limits.model_copy(
+        update={"wall_time_s": 10.0, "memory_mb": 512}).model_dump()
+    assert echo.spec.limits.wall_time_s == 5  # the pack itself is untouched
+    assert echo.scaled() is echo
+
+
 def test_megabytes_of_output_are_capped(echo, submission, tmp_path: Path) -> None:
     code = "import sys\nfor _ in range(20000): sys.stdout.write('x' * 1000 + '\\n')\n" + GOOD
     r = _grade(echo, submission(code), tmp_path / "o")
