@@ -96,7 +96,14 @@ def _task_for(submission: Path, task: str | None) -> str:
 
 
 _backend = click.option("--backend", default=DEFAULT_BACKEND, show_default=True,
-                        help="Sandbox backend: local (bubblewrap, falls back to process) or process.")
+                        help="Sandbox backend: local (bubblewrap, falls back to process), process, or docker.")
+_gpus = click.option("--gpus", help="docker: GPUs for runs that ask for them: all, a count, or device=ID[,ID...].")
+_image = click.option("--image", help="docker: candidate image (default $TUNEGRADE_DOCKER_IMAGE, else the built one).")
+
+
+def _backend_options(gpus: str | None, image: str | None) -> dict[str, str]:
+    """The backend options given on the command line (a backend that takes none refuses them)."""
+    return {key: value for key, value in {"gpus": gpus, "image": image}.items() if value is not None}
 _seed = click.option("--seed", default=DEFAULT_SEED, show_default=True, type=int, help="Seed passed to the entry command.")
 _base_model = click.option("--base-model", default=DEFAULT_BASE_MODEL, show_default=True,
                            help="Base model for model tasks: tiny, smollm2-135m, or a local Hugging Face model folder.")
@@ -114,17 +121,21 @@ _device = click.option("--device", default="auto", show_default=True, type=click
 @click.option("--task", help="Task id; read from the exported repo if omitted.")
 @click.option("--out", "out_dir", type=PathArg, help="Result folder (default ./graded/self-check-<name>).")
 @_backend
+@_gpus
+@_image
 @_seed
 @_base_model
 @_device
 @_time_scale
 @_memory_scale
-def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend: str, seed: int, base_model: str,
-              device: str, time_scale: float, memory_scale: float) -> None:
+def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend: str, gpus: str | None,
+              image: str | None, seed: int, base_model: str, device: str, time_scale: float,
+              memory_scale: float) -> None:
     """Self-check: run the visible checks on the public data (exit 3 if one does not pass)."""
     pack = get_task(_task_for(submission, task), _tasks_dirs())
     target = out_dir or Path("graded") / slug(f"self-check-{submission.resolve().name}")
-    result = grade(GradeRequest(pack=pack, source=submission, out=target, backend=backend, seed=seed, public=True,
+    result = grade(GradeRequest(pack=pack, source=submission, out=target, backend=backend,
+                                backend_options=_backend_options(gpus, image), seed=seed, public=True,
                                 base_model=base_model, device=device, time_scale=time_scale,
                                 memory_scale=memory_scale))
     render_report(result, target / REPORT_FILE)
@@ -141,6 +152,8 @@ def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend:
 @click.option("--out", "out_dir", type=PathArg, help="Result folder (default ./graded/<candidate>).")
 @click.option("--candidate", help="Candidate name (default: the submission's name).")
 @_backend
+@_gpus
+@_image
 @_seed
 @click.option("--ref", help="Git ref to grade when SUBMISSION is a git repository (default HEAD).")
 @click.option("--hidden-seed", envvar="TUNEGRADE_HIDDEN_SEED", help="Secret seed of this cohort's hidden inputs.")
@@ -150,8 +163,8 @@ def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend:
 @_time_scale
 @_memory_scale
 @click.option("--json", "as_json", is_flag=True, help="Print result.json to stdout.")
-def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str | None, backend: str, seed: int,
-              ref: str | None, hidden_seed: str | None, role: str | None, base_model: str, device: str,
+def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str | None, backend: str,
+              gpus: str | None, image: str | None, seed: int, ref: str | None, hidden_seed: str | None, role: str | None, base_model: str, device: str,
               time_scale: float, memory_scale: float, as_json: bool) -> None:
     """Grade SUBMISSION (folder, .tar.gz/.tgz/.zip, or git repo) on hidden inputs."""
     pack = get_task(task, _tasks_dirs())
@@ -160,7 +173,7 @@ def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str 
     result = grade(
         GradeRequest(
             pack=pack, source=submission, out=target, candidate=candidate, backend=backend,
-            seed=seed, ref=ref, hidden_seed=hidden_seed, role=role, base_model=base_model, device=device,
+            backend_options=_backend_options(gpus, image), seed=seed, ref=ref, hidden_seed=hidden_seed, role=role, base_model=base_model, device=device,
             time_scale=time_scale, memory_scale=memory_scale,
         )
     )
@@ -180,6 +193,49 @@ def report_cmd(results: tuple[Path, ...], out_dir: Path) -> None:
     loaded = [load_result(p / RESULT_FILE if p.is_dir() else p) for p in results]
     for path in render_all(loaded, out_dir):
         _stdout().print(str(path))
+
+
+@app.group("sandbox")
+def sandbox_group() -> None:
+    """Sandbox infrastructure: candidate images, cleanup."""
+
+
+@sandbox_group.command("build-image")
+@click.option("--kind", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Candidate image to build (cuda needs several GB of wheels from the package index).")
+def build_image_cmd(kind: str) -> None:
+    """Build (or load from the cache) the candidate image; print its tag and digest."""
+    from sandbox.base import SandboxUnavailable
+    from sandbox.images import build_image, image_digest
+
+    try:
+        tag = build_image(kind, progress=lambda line: err.print(line, markup=False))
+        digest = image_digest(tag)
+    except SandboxUnavailable as exc:
+        raise GraderFault(str(exc)) from exc
+    _stdout().print(f"{tag} {digest}")
+
+
+@sandbox_group.command("sweep")
+@click.option("--older-than", "older_than_h", default=6.0, show_default=True, type=click.FloatRange(min=0),
+              help="Also remove what is older than this many hours, whatever its grader.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def sweep_cmd(older_than_h: float, dry_run: bool) -> None:
+    """Remove docker containers and volumes left by graders that are gone (crashed, killed)."""
+    from sandbox.base import SandboxUnavailable
+    from sandbox.docker_sweep import sweep
+
+    try:
+        swept = sweep(older_than_h * 3600, dry_run=dry_run)
+    except SandboxUnavailable as exc:
+        raise GraderFault(str(exc)) from exc
+    for s in swept:
+        done = "would remove" if dry_run else ("removed" if s.removed else "could not remove")
+        _stdout().print(f"{done} {s.kind} {s.name} ({s.reason}){': ' + s.error if s.error else ''}", markup=False)
+    if not swept:
+        err.print("nothing to sweep")
+    if any(s.error for s in swept):
+        raise click.exceptions.Exit(GraderFault.exit_code)
 
 
 def main(argv: list[str] | None = None) -> int:

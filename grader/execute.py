@@ -7,6 +7,7 @@ oversized trees are removed and noted, so a check can never be tricked into read
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import stat
@@ -33,7 +34,9 @@ def build_argv(entry: str, values: dict[str, Any]) -> list[str]:
 
 
 def vet_artifacts(out_dir: Path) -> list[str]:
-    """Remove what a check must never follow (links, devices, fifos) and cap the total size."""
+    """Remove what a check must never follow (links, devices, fifos), clear setuid/setgid bits and
+    cap the total size. The run's files belong to the grader's user on the host (root, with local's
+    uid mapping): a setuid file left in the result folder would hand that user to whoever runs it."""
     notes: list[str] = []
     total = 0
     for path in sorted(out_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
@@ -48,7 +51,10 @@ def vet_artifacts(out_dir: Path) -> list[str]:
                 path.unlink()
                 continue
             total += st.st_size
-        elif not stat.S_ISDIR(st.st_mode):
+            _clear_setid(path, st, rel, notes)
+        elif stat.S_ISDIR(st.st_mode):
+            _clear_setid(path, st, rel, notes)
+        else:
             notes.append(f"removed special file {rel}")
             path.unlink()
     if total > MAX_ARTIFACT_BYTES:
@@ -56,6 +62,13 @@ def vet_artifacts(out_dir: Path) -> list[str]:
         shutil.rmtree(out_dir)
         out_dir.mkdir()
     return notes
+
+
+def _clear_setid(path: Path, st: os.stat_result, rel: Path, notes: list[str]) -> None:
+    """Only on the run's own files (single link): a hard link's mode is also the host file's."""
+    if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        path.chmod(stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+        notes.append(f"cleared the setuid/setgid bits of {rel}")
 
 
 def execute_runs(
@@ -108,6 +121,6 @@ def execute_runs(
             continue
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        notes = vet_artifacts(out_dir)
+        notes = result.notes + vet_artifacts(out_dir)
         results[variant.name] = RunArtifacts(variant.name, argv, out_dir, result, notes=notes, telemetry_path=telemetry_file)
     return results

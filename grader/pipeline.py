@@ -8,7 +8,7 @@ from __future__ import annotations
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -41,6 +41,8 @@ class GradeRequest:
     out: Path
     candidate: str | None = None
     backend: str = "local"
+    backend_options: dict[str, str] = field(default_factory=dict)
+    """Keyword options of the backend, e.g. docker's ``image`` and ``gpus``; only those given."""
     seed: int = 1234
     ref: str | None = None
     hidden_seed: str | None = None
@@ -80,11 +82,13 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _open_sandbox(name: str) -> Sandbox:
+def _open_sandbox(name: str, options: dict[str, str]) -> Sandbox:
     try:
-        return get_backend(name)
+        return get_backend(name, **options)
     except KeyError:
         raise BadInput(f"unknown sandbox backend {name!r}") from None
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     except SandboxUnavailable as exc:
         raise GraderFault(f"sandbox backend {name!r} is unavailable: {exc}") from None
 
@@ -97,6 +101,7 @@ def _run_record(run: RunArtifacts, out: Path) -> RunRecord:
         returncode=r.returncode if r else None,
         timed_out=r.timed_out if r else False,
         oom_killed=r.oom_killed if r else False,
+        disk_exceeded=r.disk_exceeded if r else False,
         duration_s=round(r.duration_s, 3) if r else 0.0,
         max_rss_mb=r.max_rss_mb if r else None,
         stdout_truncated=r.stdout_truncated if r else False,
@@ -115,7 +120,8 @@ def grade(req: GradeRequest) -> Result:
     if role not in pack.spec.roles:
         raise BadInput(f"task {pack.id} is not graded for role {role!r} (roles: {', '.join(pack.spec.roles)})")
     rubric = load_rubrics(RUBRICS_DIR)[role]
-    sandbox = _open_sandbox(req.backend)
+    pack.checks  # noqa: B018 - loaded before any candidate code runs: a run cannot change what grades it
+    sandbox = _open_sandbox(req.backend, req.backend_options)
     out = req.out.resolve()  # the sandbox binds absolute paths whatever the caller's cwd
     _prepare_out(out)
     scratch = out / SCRATCH_DIR

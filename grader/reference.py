@@ -57,7 +57,9 @@ def reference_runs(
     if not pack.spec.reference:
         return None
     source = pack.dir / pack.spec.reference
-    root = cache_root() / "reference" / f"{pack.id}-{_key(pack, source, variant, base_model_sha, seed, sandbox.name)}"
+    digest = sandbox.isolation().image_digest  # another candidate image is another reference run
+    environment = f"{sandbox.name}@{digest}" if digest else sandbox.name
+    root = cache_root() / "reference" / f"{pack.id}-{_key(pack, source, variant, base_model_sha, seed, environment)}"
     if (root / DONE_FILE).is_file():
         return _load(root)
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")

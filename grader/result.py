@@ -44,6 +44,7 @@ class RunRecord(Strict):
     returncode: int | None
     timed_out: bool
     oom_killed: bool
+    disk_exceeded: bool = False
     duration_s: float
     max_rss_mb: float | None
     stdout_truncated: bool

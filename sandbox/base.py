@@ -31,6 +31,7 @@ class Limits(BaseModel):
     pids: int = Field(256, gt=0, description="Maximum number of processes and threads.")
     max_file_mb: int = Field(1024, gt=0, description="Largest file the run may write.")
     max_output_kb: int = Field(1024, gt=0, description="Bytes of stdout and of stderr kept, each; the rest is dropped.")
+    disk_mb: int = Field(1024, gt=0, description="Total MB the run may write to its working copy and outputs.")
     network: Literal["none"] = Field("none", description="Network access; only 'none' exists.")
 
 
@@ -79,6 +80,9 @@ class ExecResult(BaseModel):
     returncode: int | None = Field(description="Exit status; negative for a signal; None if killed on timeout.")
     timed_out: bool = False
     oom_killed: bool = False
+    disk_exceeded: bool = Field(
+        False, description="Killed for writing more than limits.disk_mb to the working copy and outputs."
+    )
     duration_s: float
     max_rss_mb: float | None = None
     stdout_path: Path
@@ -88,10 +92,13 @@ class ExecResult(BaseModel):
     isolation: Isolation | None = Field(
         None, description="What this run actually got (limits that could not be applied are missing)."
     )
+    notes: list[str] = Field(
+        default_factory=list, description="What the backend did to the run's files, e.g. an artifact link it refused to copy out."
+    )
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out and not self.oom_killed
+        return self.returncode == 0 and not self.timed_out and not self.oom_killed and not self.disk_exceeded
 
 
 class Sandbox(ABC):

@@ -34,11 +34,12 @@ def thread_count(limits: Limits) -> int:
     return max(1, math.floor(limits.cpus))
 
 
-def build_env(spec: RunSpec, *, home: str) -> dict[str, str]:
-    """The command's whole environment: nothing of the grader's is inherited."""
+def build_env(spec: RunSpec, *, home: str, python_bin: str | None = None) -> dict[str, str]:
+    """The command's whole environment: nothing of the grader's is inherited. ``python_bin``: the
+    interpreter's bin folder as the command sees it (default: the grader's own, for local backends)."""
     threads = str(thread_count(spec.limits))
     env = {
-        "PATH": f"{python_bin_dir()}:{SYSTEM_PATH}",
+        "PATH": f"{python_bin or python_bin_dir()}:{SYSTEM_PATH}",
         "HOME": home,
         "TMPDIR": home,
         "LANG": "C.UTF-8",

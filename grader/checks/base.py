@@ -70,6 +70,8 @@ class RunArtifacts:
             return f"run '{self.name}' timed out after {r.duration_s:.0f}s"
         if r.oom_killed:
             return f"run '{self.name}' ran out of memory"
+        if r.disk_exceeded:
+            return f"run '{self.name}' wrote more than its disk limit to its working copy and outputs and was killed"
         return f"run '{self.name}' exited with status {r.returncode}"
 
 

@@ -1,0 +1,91 @@
+"""Grades through the docker backend match the local backend's: same check statuses, same score
+(within a small tolerance for training), and the result records the image it ran in.
+
+Skipped without an engine and image (failed where TUNEGRADE_REQUIRE_DOCKER=1). The echo fixture
+needs only ``python`` in the image; data-prep and lora-sft need the real candidate image (torch,
+transformers, peft), so they run only when the tag built by `tunegrade sandbox build-image` is the
+image in use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from grader.pipeline import GradeRequest, grade
+from grader.result import Result
+from grader.tasks import discover, get_task
+from sandbox import SandboxUnavailable, get_backend
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parents[2]
+LORA_SCORE_TOLERANCE = 5.0
+"""Training on another interpreter build may move the held-out improvement by a few points."""
+
+
+def _require(image_needed: str | None = None) -> None:
+    """Skip (or, with TUNEGRADE_REQUIRE_DOCKER=1, fail) without a usable engine and image."""
+    try:
+        sb = get_backend("docker")
+        reason = None if image_needed in (None, sb.image) else f"the image in use is {sb.image}, not {image_needed}"
+    except SandboxUnavailable as exc:
+        reason = str(exc)
+    if reason and os.environ.get("TUNEGRADE_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"TUNEGRADE_REQUIRE_DOCKER=1 but: {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
+def _real_image() -> str:
+    from sandbox.images import image_tag
+
+    return image_tag("cpu")
+
+
+def _both(pack, source: Path, out: Path) -> tuple[Result, Result]:
+    """The same submission graded on local, then on docker (one after the other: budgets are timed)."""
+    local = grade(GradeRequest(pack=pack, source=source, out=out / "local", candidate="c", backend="local"))
+    dock = grade(GradeRequest(pack=pack, source=source, out=out / "docker", candidate="c", backend="docker"))
+    return local, dock
+
+
+def _statuses(result: Result) -> dict[str, str]:
+    return {c.id: c.status for c in result.checks}
+
+
+def _assert_docker_recorded(result: Result) -> None:
+    assert result.backend == "docker" and result.isolation.mechanism == "docker" and result.isolation.level == "full"
+    assert result.isolation.image_digest and result.isolation.image_digest.startswith("sha256:")
+    assert not result.errors, result.errors
+
+
+def test_echo_fixture_grades_the_same_on_docker(tmp_path):
+    _require()
+    pack = get_task("echo", [ROOT / "tests" / "fixtures" / "tasks"])
+    local, dock = _both(pack, pack.dir / "solutions" / "good", tmp_path)
+    assert _statuses(dock) == _statuses(local) == {"runs": "pass", "echoed": "pass"}
+    assert dock.score == local.score == 100.0
+    _assert_docker_recorded(dock)
+    assert (tmp_path / "docker" / "result.json").read_text().count(dock.isolation.image_digest) >= 1
+
+
+@pytest.mark.slow
+def test_data_prep_good_grades_the_same_on_docker(tmp_path):
+    _require(_real_image())
+    pack = discover([])["data-prep"]
+    local, dock = _both(pack, pack.dir / "solutions" / "good", tmp_path)
+    assert _statuses(dock) == _statuses(local)
+    assert dock.score == local.score and dock.score >= 90
+    _assert_docker_recorded(dock)
+
+
+@pytest.mark.slow
+def test_lora_sft_good_grades_the_same_on_docker(tmp_path):
+    _require(_real_image())
+    pack = discover([])["lora-sft"]
+    local, dock = _both(pack, pack.dir / "solutions" / "good", tmp_path)
+    assert _statuses(dock) == _statuses(local)
+    assert abs(dock.score - local.score) <= LORA_SCORE_TOLERANCE and dock.score >= 90
+    _assert_docker_recorded(dock)
