@@ -26,6 +26,11 @@ KILL_GRACE_S = 2.0
 """After a polite stop (process backend's SIGTERM to the shim), seconds before SIGKILL of everything."""
 DRAIN_GRACE_S = 2.0
 """After the command exited and its tree was killed, seconds to wait for EOF on its output pipes."""
+DISK_POLL_S = 0.25
+"""How often the writable folders are measured against limits.disk_mb (the overshoot is what a run
+writes in this time)."""
+ENTRY_BYTES = 4096
+"""Charged per file or folder besides its blocks, so that millions of empty files count too."""
 
 
 class CappedSink:
@@ -74,6 +79,33 @@ class Launch:
 
 
 @dataclass
+class DiskQuota:
+    """Bytes the run may occupy under its writable host folders; measured while it runs, since
+    they live on the host's disk where nothing else bounds their total."""
+
+    paths: list[Path]
+    limit_bytes: int
+
+    def used(self) -> int:
+        total = 0
+        stack = [str(p) for p in self.paths]
+        while stack:
+            try:
+                entries = list(os.scandir(stack.pop()))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                total += st.st_blocks * 512 + ENTRY_BYTES
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+        return total
+
+
+@dataclass
 class TreeOutcome:
     wait_status: int
     rusage_maxrss_kb: int
@@ -81,6 +113,7 @@ class TreeOutcome:
     duration_s: float
     stdout: CappedSink
     stderr: CappedSink
+    disk_exceeded: bool = False
 
 
 def has_exited(pid: int) -> bool:
@@ -111,9 +144,11 @@ def read_available(fd: int, wait_s: float) -> bytes:
     return data
 
 
-def run_tree(launch: Launch, log_dir: Path, cap_bytes: int, wall_time_s: float, cgroup: RunCgroup | None) -> TreeOutcome:
-    """Run ``launch`` to completion or timeout. Whatever happens (also an exception in the grader,
-    e.g. KeyboardInterrupt), the tree is killed and reaped before this returns or raises."""
+def run_tree(launch: Launch, log_dir: Path, cap_bytes: int, wall_time_s: float, cgroup: RunCgroup | None,
+             disk: DiskQuota | None = None) -> TreeOutcome:
+    """Run ``launch`` to completion or timeout; a run over its ``disk`` quota is killed at once.
+    Whatever happens (also an exception in the grader, e.g. KeyboardInterrupt), the tree is killed
+    and reaped before this returns or raises."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out = CappedSink(log_dir / STDOUT_NAME, cap_bytes)
     err = CappedSink(log_dir / STDERR_NAME, cap_bytes)
@@ -143,7 +178,8 @@ def run_tree(launch: Launch, log_dir: Path, cap_bytes: int, wall_time_s: float, 
     pid = proc.pid
     reaped = False
     status, maxrss = 0, 0
-    timed_out = hard_killed = False
+    timed_out = hard_killed = disk_exceeded = False
+    next_disk_poll = start
     exit_at: float | None = None
     kill_at = 0.0
     pidfd: int | None = None
@@ -180,6 +216,14 @@ def run_tree(launch: Launch, log_dir: Path, cap_bytes: int, wall_time_s: float, 
                     launch.terminate(pid)
                     continue
                 wait = deadline - now
+                if disk is not None and not disk_exceeded:
+                    if now >= next_disk_poll:
+                        next_disk_poll = now + DISK_POLL_S
+                        if disk.used() > disk.limit_bytes:
+                            disk_exceeded = True
+                            launch.kill(pid)  # at once: every moment more is written to the host's disk
+                            continue
+                    wait = min(wait, next_disk_poll - now)
             elif not hard_killed:
                 if now - kill_at >= KILL_GRACE_S:
                     hard_killed = True
@@ -229,4 +273,4 @@ def run_tree(launch: Launch, log_dir: Path, cap_bytes: int, wall_time_s: float, 
         out.close()
         err.close()
     duration = (exit_at if exit_at is not None else time.monotonic()) - start
-    return TreeOutcome(status, maxrss, timed_out, duration, out, err)
+    return TreeOutcome(status, maxrss, timed_out, duration, out, err, disk_exceeded)

@@ -23,7 +23,7 @@ from pathlib import Path
 from sandbox._runner import Launch, TreeOutcome, has_exited, read_available
 from sandbox.base import ExecResult, Isolation, Limits, Mount, RunSpec, SandboxUnavailable
 from sandbox.limits import MIB, build_env, shim_argv
-from sandbox.process import ProcessSandbox, check_spec, precise_returncode
+from sandbox.process import DISK_NOTE, ProcessSandbox, check_spec, precise_returncode
 from sandbox.registry import register
 
 DEFAULT_BWRAP = "/usr/bin/bwrap"
@@ -253,7 +253,8 @@ class LocalSandbox(ProcessSandbox):
             f"the grader's Python environment is visible read-only: {', '.join(python_paths())}",
             "with limits.gpus > 0 the first N /dev/nvidia* nodes are bound: GPU memory is not limited and "
             "other processes on those GPUs are not isolated",
+            DISK_NOTE,
         ]
         return Isolation(backend=self.name, mechanism="bubblewrap", level="full", namespaces=list(NAMESPACES),
-                         limits_enforced=[*enforced, "wall-time", "output-cap",
+                         limits_enforced=[*enforced, "wall-time", "output-cap", "disk-poll",
                                           *(["tmpfs-size"] if "--size" in self._features else [])], notes=plain + list(notes))

@@ -17,14 +17,16 @@ import tempfile
 from pathlib import Path
 
 from sandbox import cgroups
-from sandbox._runner import Launch, TreeOutcome, read_available, run_tree
+from sandbox._runner import DISK_POLL_S, DiskQuota, Launch, TreeOutcome, read_available, run_tree
 from sandbox.base import ExecResult, Isolation, Limits, Mount, RunSpec, Sandbox
 from sandbox.cgroups import CgroupLayout, RunCgroup
-from sandbox.limits import build_env, make_preexec, rlimits_for, shim_argv
+from sandbox.limits import MIB, build_env, make_preexec, rlimits_for, shim_argv
 from sandbox.registry import register
 
 STATUS_WAIT_S = 0.5
 """Seconds to wait for the supervisor's status line once the tree is gone."""
+DISK_NOTE = (f"disk_mb is measured every {DISK_POLL_S} s over the working copy and the writable mounts: "
+             "a run may exceed it by what it writes in that time before it is killed")
 HOME_PREFIX = "tunegrade-home-"
 """Per-run HOME/TMPDIR of the process backend: <tmp>/tunegrade-home-<grader pid>-<random>."""
 
@@ -67,6 +69,12 @@ def precise_returncode(leader_code: int, shim: tuple[int, int] | None) -> int:
         if leader_code in (code, 128 - code if code < 0 else code):
             return code
     return leader_code
+
+
+def disk_quota(spec: RunSpec) -> DiskQuota:
+    """limits.disk_mb over the working copy and the writable mounts, host folders in both local backends."""
+    writable = [Path(m.source) for m in [spec.workdir, *spec.mounts] if m.writable or m is spec.workdir]
+    return DiskQuota(writable, spec.limits.disk_mb * MIB)
 
 
 def check_spec(spec: RunSpec) -> None:
@@ -127,7 +135,8 @@ class ProcessSandbox(Sandbox):
             launch = self._launch(spec, preexec, (status_w, life_r), lifeline, cgroup, cleanup)
             launch.close_after_spawn += [status_w, life_r]
             status_w = life_r = -1
-            outcome = run_tree(launch, spec.log_dir, spec.limits.max_output_kb * 1024, spec.limits.wall_time_s, cgroup)
+            outcome = run_tree(launch, spec.log_dir, spec.limits.max_output_kb * 1024, spec.limits.wall_time_s, cgroup,
+                               disk_quota(spec))
             shim = parse_shim_status(read_available(status_r, STATUS_WAIT_S).decode(errors="replace"))
             returncode, rss_kb = self._interpret(outcome, shim, launch, spec)
             oom = False
@@ -143,6 +152,7 @@ class ProcessSandbox(Sandbox):
                 returncode=None if outcome.timed_out else returncode,
                 timed_out=outcome.timed_out,
                 oom_killed=oom,
+                disk_exceeded=outcome.disk_exceeded,
                 duration_s=round(outcome.duration_s, 3),
                 max_rss_mb=round(rss_kb / 1024, 1) if rss_kb else peak,
                 stdout_path=outcome.stdout.path,
@@ -208,16 +218,20 @@ class ProcessSandbox(Sandbox):
             "and read their environment in /proc",
             "no IPC, hostname or user-namespace isolation",
             "GPUs are hidden only through CUDA_VISIBLE_DEVICES, which the command can change",
+            "/tmp and /dev/shm are the host's: files written there are neither limited nor removed after the run",
+            DISK_NOTE,
             kill_note,
         ]
         if root:
             plain.append("as root the command can raise its own rlimits (CAP_SYS_RESOURCE): only cgroup limits bind it")
+            plain.append("as root the command holds every capability: it can mount file systems, load BPF programs, "
+                         "ptrace any process and make setuid-root files")
         return Isolation(
             backend=self.name,
             mechanism=self.mechanism,
             level="reduced",
             namespaces=[],
-            limits_enforced=[*enforced, "wall-time", "output-cap"],
+            limits_enforced=[*enforced, "wall-time", "output-cap", "disk-poll"],
             notes=plain + list(notes),
         )
 
