@@ -10,6 +10,7 @@ image in use.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -72,20 +73,31 @@ def test_echo_fixture_grades_the_same_on_docker(tmp_path):
 
 
 @pytest.mark.slow
-def test_data_prep_good_grades_the_same_on_docker(tmp_path):
+def test_data_prep_corpus_grades_the_same_on_docker(tmp_path):
+    """Every data-prep reference submission (good, each flawed one, the starter): the same findings."""
     _require(_real_image())
     pack = discover([])["data-prep"]
-    local, dock = _both(pack, pack.dir / "solutions" / "good", tmp_path)
-    assert _statuses(dock) == _statuses(local)
-    assert dock.score == local.score and dock.score >= 90
-    _assert_docker_recorded(dock)
+    sources = [*sorted(p for p in (pack.dir / "solutions").iterdir() if p.is_dir()), pack.dir / "starter"]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # no time budget in data-prep: grades may share the CPUs
+        pairs = dict(zip([s.name for s in sources],
+                         pool.map(lambda s: _both(pack, s, tmp_path / s.name), sources)))
+    assert {name: _statuses(d) for name, (_, d) in pairs.items()} == {
+        name: _statuses(loc) for name, (loc, _) in pairs.items()}
+    assert {name: d.score for name, (_, d) in pairs.items()} == {name: loc.score for name, (loc, _) in pairs.items()}
+    assert pairs["good"][1].score >= 90
+    for _, dock in pairs.values():
+        _assert_docker_recorded(dock)
 
 
 @pytest.mark.slow
-def test_lora_sft_good_grades_the_same_on_docker(tmp_path):
+@pytest.mark.parametrize("solution", ["good", "flawed-pickle-adapter", "flawed-full-ft"])
+def test_lora_sft_grades_the_same_on_docker(solution, tmp_path):
+    """The good solution and two flaws whose evidence comes out of the container (a pickle among
+    the artifacts; a full model saved and trained, seen by telemetry)."""
     _require(_real_image())
     pack = discover([])["lora-sft"]
-    local, dock = _both(pack, pack.dir / "solutions" / "good", tmp_path)
+    local, dock = _both(pack, pack.dir / "solutions" / solution, tmp_path)
     assert _statuses(dock) == _statuses(local)
-    assert abs(dock.score - local.score) <= LORA_SCORE_TOLERANCE and dock.score >= 90
+    assert abs(dock.score - local.score) <= LORA_SCORE_TOLERANCE
+    assert dock.score >= 90 if solution == "good" else dock.verdict != "strong"
     _assert_docker_recorded(dock)
