@@ -327,8 +327,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         dropped = [key for key in junk if data.pop(key, None) is not None]
         if dropped:
             (out / name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    record = {"version": CONVERSION_VERSION, "source": gguf.name, "source_bytes": gguf.stat().st_size, "transformers": transformers.__version__,
-              "torch": torch.__version__, "python": sys.version.split()[0],
+    record = {"version": CONVERSION_VERSION, "source": gguf.name, "source_bytes": gguf.stat().st_size,
+              "transformers": transformers.__version__, "torch": torch.__version__, "python": sys.version.split()[0],
               "seconds": round(time.monotonic() - start, 1)}
     (out / CONVERTED_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     for f in out.iterdir():

@@ -99,11 +99,6 @@ _backend = click.option("--backend", default=DEFAULT_BACKEND, show_default=True,
                         help="Sandbox backend: local (bubblewrap, falls back to process), process, or docker.")
 _gpus = click.option("--gpus", help="docker: GPUs for runs that ask for them: all, a count, or device=ID[,ID...].")
 _image = click.option("--image", help="docker: candidate image (default $TUNEGRADE_DOCKER_IMAGE, else the built one).")
-
-
-def _backend_options(gpus: str | None, image: str | None) -> dict[str, str]:
-    """The backend options given on the command line (a backend that takes none refuses them)."""
-    return {key: value for key, value in {"gpus": gpus, "image": image}.items() if value is not None}
 _seed = click.option("--seed", default=DEFAULT_SEED, show_default=True, type=int, help="Seed passed to the entry command.")
 _base_model = click.option("--base-model", default=DEFAULT_BASE_MODEL, show_default=True,
                            help="Base model for model tasks: tiny, smollm2-135m, or a local Hugging Face model folder.")
@@ -114,6 +109,11 @@ _memory_scale = click.option("--memory-scale", default=1.0, show_default=True, t
                              help="Scale the task's memory limit and budget.")
 _device = click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
                        help="Where the grader's own evaluation runs.")
+
+
+def _backend_options(gpus: str | None, image: str | None) -> dict[str, str]:
+    """The backend options given on the command line (a backend that takes none refuses them)."""
+    return {key: value for key, value in {"gpus": gpus, "image": image}.items() if value is not None}
 
 
 @app.command("check")
@@ -164,8 +164,9 @@ def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend:
 @_memory_scale
 @click.option("--json", "as_json", is_flag=True, help="Print result.json to stdout.")
 def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str | None, backend: str,
-              gpus: str | None, image: str | None, seed: int, ref: str | None, hidden_seed: str | None, role: str | None, base_model: str, device: str,
-              time_scale: float, memory_scale: float, as_json: bool) -> None:
+              gpus: str | None, image: str | None, seed: int, ref: str | None, hidden_seed: str | None,
+              role: str | None, base_model: str, device: str, time_scale: float, memory_scale: float,
+              as_json: bool) -> None:
     """Grade SUBMISSION (folder, .tar.gz/.tgz/.zip, or git repo) on hidden inputs."""
     pack = get_task(task, _tasks_dirs())
     name = candidate or (submission.name.split(".")[0] if submission.is_file() else submission.resolve().name)
@@ -173,8 +174,8 @@ def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str 
     result = grade(
         GradeRequest(
             pack=pack, source=submission, out=target, candidate=candidate, backend=backend,
-            backend_options=_backend_options(gpus, image), seed=seed, ref=ref, hidden_seed=hidden_seed, role=role, base_model=base_model, device=device,
-            time_scale=time_scale, memory_scale=memory_scale,
+            backend_options=_backend_options(gpus, image), seed=seed, ref=ref, hidden_seed=hidden_seed, role=role,
+            base_model=base_model, device=device, time_scale=time_scale, memory_scale=memory_scale,
         )
     )
     report = render_report(result, target / REPORT_FILE)

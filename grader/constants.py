@@ -1,7 +1,8 @@
 """Names, limits and defaults in one place."""
 
-import os
 from pathlib import Path
+
+from sandbox.cache import CACHE_ENV, cache_root  # noqa: F401 - one rule for the grader and the sandbox
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_TASKS = REPO_ROOT / "tasks"
@@ -9,7 +10,6 @@ RUBRICS_DIR = REPO_ROOT / "rubrics"
 REPORTS_DIR = REPO_ROOT / "reports"
 
 TASKS_ENV = "TUNEGRADE_TASKS"
-CACHE_ENV = "TUNEGRADE_CACHE"  # base-model conversions, weight hashes, reference runs
 TASK_FILE = "task.yaml"
 CHECKS_FILE = "checks.py"
 TASK_MARKER = ".tunegrade-task"  # written by `export`, lets `check .` find its task
@@ -42,8 +42,3 @@ MAX_ARTIFACT_BYTES = 2 * 1024 * 1024 * 1024
 VERDICT_STRONG = 85.0
 VERDICT_MEETS = 70.0
 VERDICT_BORDERLINE = 50.0
-
-
-def cache_root() -> Path:
-    """Where repeated work is kept: $TUNEGRADE_CACHE, else ~/.cache/tunegrade."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tunegrade")

@@ -65,7 +65,7 @@ def vet_artifacts(out_dir: Path) -> list[str]:
 
 
 def _clear_setid(path: Path, st: os.stat_result, rel: Path, notes: list[str]) -> None:
-    """Only on the run's own files (single link): a hard link's mode is also the host file's."""
+    """Call it on the run's own files only: hard links (whose mode is also the host file's) are removed before."""
     if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
         path.chmod(stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
         notes.append(f"cleared the setuid/setgid bits of {rel}")

@@ -23,8 +23,8 @@ from sandbox import ExecResult, Sandbox
 DONE_FILE = "reference.json"
 
 
-def _key(pack: TaskPack, source: Path, variant: str, base_model_sha: str | None, seed: int, backend: str) -> str:
-    parts = [pack.id, pack.spec.version, tree_sha256(source), variant, base_model_sha, seed, backend, pack.spec.entry,
+def _key(pack: TaskPack, source: Path, variant: str, base_model_sha: str | None, seed: int, sandbox_id: str) -> str:
+    parts = [pack.id, pack.spec.version, tree_sha256(source), variant, base_model_sha, seed, sandbox_id, pack.spec.entry,
              pack.spec.limits.model_dump(mode="json")]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
@@ -58,8 +58,8 @@ def reference_runs(
         return None
     source = pack.dir / pack.spec.reference
     digest = sandbox.isolation().image_digest  # another candidate image is another reference run
-    environment = f"{sandbox.name}@{digest}" if digest else sandbox.name
-    root = cache_root() / "reference" / f"{pack.id}-{_key(pack, source, variant, base_model_sha, seed, environment)}"
+    sandbox_id = f"{sandbox.name}@{digest}" if digest else sandbox.name
+    root = cache_root() / "reference" / f"{pack.id}-{_key(pack, source, variant, base_model_sha, seed, sandbox_id)}"
     if (root / DONE_FILE).is_file():
         return _load(root)
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")

@@ -57,6 +57,10 @@ class RunSpec(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     log_dir: Path = Field(description="Host folder receiving stdout.txt and stderr.txt.")
 
+    def writable_mounts(self) -> list[Mount]:
+        """The working copy and every writable mount: all the command may change."""
+        return [self.workdir, *(m for m in self.mounts if m.writable)]
+
 
 class Isolation(BaseModel):
     """What isolation actually applied: recorded in every result and shown in the report."""

@@ -169,7 +169,7 @@ class DockerSandbox(Sandbox):
         cap = spec.limits.max_output_kb * 1024
         out, err = CappedSink(spec.log_dir / STDOUT_NAME, cap), CappedSink(spec.log_dir / STDERR_NAME, cap)
         run = _Run(run_id=uuid.uuid4().hex[:16])
-        writable = [spec.workdir, *(m for m in spec.mounts if m.writable)]
+        writable = spec.writable_mounts()
         try:
             exec_id, start = self._start(spec, run, writable, out, err)
             returncode, timed_out, end = self._wait(exec_id, run, start + spec.limits.wall_time_s)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from sandbox.base import SandboxUnavailable
+from sandbox.cache import cache_root
 
 if TYPE_CHECKING:
     import docker
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 Kind = Literal["cpu", "cuda"]
 KINDS: tuple[Kind, ...] = ("cpu", "cuda")
 IMAGES_DIR = Path(__file__).parent / "images"
-CACHE_ENV = "TUNEGRADE_CACHE"
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -51,10 +51,6 @@ TARGET_PIP_ARGS = ("--only-binary=:all:", "--python-version", "3.11", "--impleme
 
 Progress = Callable[[str], None]
 
-
-def cache_root() -> Path:
-    """$TUNEGRADE_CACHE, else ~/.cache/tunegrade: the same rule as grader.constants (sandbox does not import grader)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tunegrade")
 
 
 def _hash12(*parts: bytes) -> str:

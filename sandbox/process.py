@@ -73,8 +73,7 @@ def precise_returncode(leader_code: int, shim: tuple[int, int] | None) -> int:
 
 def disk_quota(spec: RunSpec) -> DiskQuota:
     """limits.disk_mb over the working copy and the writable mounts, host folders in both local backends."""
-    writable = [Path(m.source) for m in [spec.workdir, *spec.mounts] if m.writable or m is spec.workdir]
-    return DiskQuota(writable, spec.limits.disk_mb * MIB)
+    return DiskQuota([Path(m.source) for m in spec.writable_mounts()], spec.limits.disk_mb * MIB)
 
 
 def check_spec(spec: RunSpec) -> None:
