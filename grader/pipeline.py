@@ -158,7 +158,8 @@ def grade(req: GradeRequest) -> Result:
             spec=pack.spec,
             device=resolve_device(req.device) if base else "cpu",
         )
-        checks = run_checks(pack, Artifacts(runs=runs, reference=reference), ctx, visible_only=req.public)
+        checks = run_checks(pack, Artifacts(runs=runs, reference=reference), ctx, visible_only=req.public,
+                            time_scale=req.time_scale)
         t_checks = time.perf_counter()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

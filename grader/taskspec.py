@@ -12,6 +12,7 @@ from grader.schema import Strict, load_model
 from sandbox.base import Limits
 
 TASK_SCHEMA_VERSION = 1
+CHECK_TIMEOUT_S = 600.0
 Level = Literal["junior", "middle", "senior", "lead", "principal"]
 Role = Literal["data-scientist", "llm-engineer"]
 LEVELS: tuple[str, ...] = ("junior", "middle", "senior", "lead", "principal")
@@ -54,6 +55,8 @@ class CheckSpec(Strict):
     weight: float = Field(1.0, ge=0)
     visible: bool = Field(False, description="Run by `tunegrade check` on public data.")
     critical: bool = Field(False, description="Failing it caps the verdict at borderline, whatever the score.")
+    timeout_s: float = Field(CHECK_TIMEOUT_S, gt=0, description="Time limit of the check (scaled by --time-scale); "
+                             "past it the check errors and the grade is incomplete.")
     title: str
 
 

@@ -131,35 +131,77 @@ def check(check_id: str) -> Callable[[CheckFn], CheckFn]:
     return deco
 
 
+MAX_JSON_DEPTH = 64
+"""Deeper nesting in a candidate's JSON is refused: no honest output needs it, and walking it
+recursively (in the parser or in a check) would end in a RecursionError, i.e. a crashed check."""
+MAX_INT_DIGITS = 100
+"""Longer integers are refused: ``int()`` of more than 4,300 digits raises ``ValueError``, and
+``float()`` of a 400-digit one overflows, in any check that touches it."""
+
+
+def parse_json(text: str, where: str) -> Any:
+    """Parse one JSON document a candidate wrote. Anything wrong with it, however exotic, is a
+    :class:`CandidateFault` naming ``where``: the candidate can never turn a check into a grader error."""
+    try:
+        value = json.loads(text, parse_int=_bounded_int)  # NaN and Infinity stay floats, as real tools write them
+    except CandidateFault as exc:
+        raise CandidateFault(f"{where}: {exc}") from None
+    except RecursionError:
+        raise CandidateFault(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and every other parse failure
+        raise CandidateFault(f"{where}: not valid JSON ({exc})") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise CandidateFault(f"{where}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise CandidateFault(f"an integer of {len(digits)} digits (at most {MAX_INT_DIGITS} are accepted)")
+    return int(digits)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def read_jsonl(path: Path, max_lines: int = 1_000_000) -> list[Any]:
     """Parse a candidate's JSONL file; malformed content is the candidate's fault."""
     if not path.is_file():
         raise CandidateFault(f"{path.name} was not written")
     rows = []
     with path.open(encoding="utf-8", errors="strict") as fh:
-        for n, line in enumerate(_lines(fh), start=1):
+        for n, line in enumerate(_lines(fh, path.name), start=1):
             if n > max_lines:
                 raise CandidateFault(f"{path.name}: more than {max_lines} lines")
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise CandidateFault(f"{path.name} line {n}: not JSON ({exc.msg})") from None
+            if line.strip():
+                rows.append(parse_json(line, f"{path.name} line {n}"))
     return rows
 
 
-def _lines(fh: Any) -> Iterator[str]:
+def _lines(fh: Any, name: str) -> Iterator[str]:
     try:
         yield from fh
     except UnicodeDecodeError as exc:
-        raise CandidateFault(f"not UTF-8: {exc.reason}") from None
+        raise CandidateFault(f"{name}: not UTF-8 ({exc.reason})") from None
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, max_bytes: int = 64 << 20) -> Any:
+    """Parse a candidate's JSON file (at most ``max_bytes``); see :func:`parse_json`."""
     if not path.is_file():
         raise CandidateFault(f"{path.name} was not written")
+    if path.stat().st_size > max_bytes:
+        raise CandidateFault(f"{path.name}: larger than {max_bytes >> 20} MiB")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CandidateFault(f"{path.name}: not valid JSON ({exc})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CandidateFault(f"{path.name}: not UTF-8 ({exc.reason})") from None
+    return parse_json(text, path.name)

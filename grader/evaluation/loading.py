@@ -20,13 +20,12 @@ torch, transformers and peft are imported inside the functions so importing the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
-from grader.checks.base import CandidateFault, InfraFault
+from grader.checks.base import CandidateFault, InfraFault, parse_json
 from grader.schema import describe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -175,7 +174,27 @@ def validate_adapter_dir(adapter_dir: str | Path) -> AdapterConfig:
             f"save the adapter as {ADAPTER_WEIGHTS_FILE} (save_pretrained(..., safe_serialization=True))"
         )
     _regular_file(path, ADAPTER_WEIGHTS_FILE, hint="save_pretrained(..., safe_serialization=True) writes it")
+    _ranks_stored(path, config)
     return config
+
+
+def _ranks_stored(path: Path, config: AdapterConfig) -> None:
+    """PEFT allocates every LoRA matrix at the config's rank before it reads the file: a config
+    claiming a rank no stored tensor has would make the grader allocate whatever it says."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path / ADAPTER_WEIGHTS_FILE), framework="pt", device="cpu") as fh:
+            stored = [fh.get_slice(n).get_shape()[0] for n in fh.keys() if "lora_A" in n]
+    except (SafetensorError, IndexError) as exc:
+        raise AdapterError(f"{ADAPTER_WEIGHTS_FILE}: not a valid safetensors file ({exc})") from None
+    pattern = (config.model_extra or {}).get("rank_pattern") or {}
+    if not isinstance(pattern, dict):
+        raise AdapterError(f"{ADAPTER_CONFIG_FILE}: rank_pattern must be an object of module: rank")
+    claimed = max([config.r, *(v for v in pattern.values() if isinstance(v, int))])
+    if stored and claimed > max(stored):
+        raise AdapterError(f"{ADAPTER_CONFIG_FILE}: rank {claimed} exceeds every rank stored in "
+                           f"{ADAPTER_WEIGHTS_FILE} (largest {max(stored)})")
 
 
 def _read_config(path: Path) -> AdapterConfig:
@@ -183,11 +202,13 @@ def _read_config(path: Path) -> AdapterConfig:
     if file.stat().st_size > MAX_ADAPTER_CONFIG_BYTES:
         raise AdapterError(f"{ADAPTER_CONFIG_FILE}: larger than {MAX_ADAPTER_CONFIG_BYTES} bytes")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise AdapterError(f"{ADAPTER_CONFIG_FILE}: not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{ADAPTER_CONFIG_FILE}: not valid JSON ({exc})") from None
+    try:
+        data = parse_json(text, ADAPTER_CONFIG_FILE)
+    except CandidateFault as exc:
+        raise AdapterError(str(exc)) from None
     if not isinstance(data, dict):
         raise AdapterError(f"{ADAPTER_CONFIG_FILE}: expected a JSON object, got {type(data).__name__}")
     try:

@@ -226,7 +226,28 @@ def test_targets_absent_from_the_base_model(adapter_copy: Path, model_dir: Path)
         load_adapter(load_model(model_dir, device="cpu")[0], adapter_copy)
 
 
+def test_rank_beyond_what_is_stored(adapter_copy: Path) -> None:
+    """PEFT would allocate every LoRA matrix at the claimed rank before reading the file."""
+    edit_config(adapter_copy, r=10**6)
+    with pytest.raises(AdapterError, match=r"^adapter_config\.json: rank 1000000 exceeds every rank stored in "
+                                           r"adapter_model\.safetensors \(largest \d+\)$"):
+        validate_adapter_dir(adapter_copy)
+    edit_config(adapter_copy, r=1, rank_pattern={"q_proj": 10**6})
+    with pytest.raises(AdapterError, match="rank 1000000 exceeds"):
+        validate_adapter_dir(adapter_copy)
+
+
+def test_huge_integer_or_deep_nesting_in_config(adapter_copy: Path) -> None:
+    """Valid JSON that json/int() cannot handle is the candidate's fault, never a crashed check."""
+    (adapter_copy / "adapter_config.json").write_text('{"r": ' + "9" * 5000 + "}")
+    with pytest.raises(AdapterError, match=r"^adapter_config\.json: an integer of 5000 digits"):
+        validate_adapter_dir(adapter_copy)
+    (adapter_copy / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(AdapterError, match=r"^adapter_config\.json: JSON nested too deeply$"):
+        validate_adapter_dir(adapter_copy)
+
+
 def test_wrong_shapes(adapter_copy: Path, model_dir: Path) -> None:
-    edit_config(adapter_copy, r=8)
+    edit_config(adapter_copy, r=2)
     with pytest.raises(AdapterError, match=r"^the adapter does not fit the base model: RuntimeError: Error\(s\) in loading state_dict for PeftModelForCausalLM: size mismatch for "):
         load_adapter(load_model(model_dir, device="cpu")[0], adapter_copy)
