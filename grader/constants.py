@@ -42,3 +42,6 @@ MAX_ARTIFACT_BYTES = 2 * 1024 * 1024 * 1024
 VERDICT_STRONG = 85.0
 VERDICT_MEETS = 70.0
 VERDICT_BORDERLINE = 50.0
+MIN_LEVEL_COVERAGE = 0.5
+"""A level score is the level's only when checks assessed at least this share of its weight;
+below it the roll-up shows the score over what was assessed, with its coverage, and no level score."""

@@ -24,7 +24,7 @@ from grader.intake import Submission, intake
 from grader.reference import reference_runs
 from grader.result import Ref, Result, RunRecord, Timings, save_result
 from grader.rubric import load_rubrics
-from grader.scoring import rollup, verdict, weighted_score
+from grader.scoring import grade_score, rollup, verdict, weighted_score
 from grader.tasks import TaskPack, copy_public, hidden_variant
 from grader.telemetry import read_telemetry
 from sandbox import Sandbox, SandboxUnavailable, get_backend
@@ -166,6 +166,7 @@ def grade(req: GradeRequest) -> Result:
 
     infra_errors = [f"run {r.name}: {r.infra_error}" for r in runs.values() if r.infra_error]
     score = weighted_score(checks)
+    verdict_ = verdict(score, checks, infra_errors)
     rss = [r.result.max_rss_mb for r in runs.values() if r.result and r.result.max_rss_mb is not None]
     result = Result(
         tool_version=__version__,
@@ -201,8 +202,8 @@ def grade(req: GradeRequest) -> Result:
         telemetry={r.name: read_telemetry(r.telemetry_path) for r in runs.values() if r.telemetry_path},
         checks=checks,
         rollup=rollup(rubric, pack.spec.level, pack.id, checks),
-        score=score,
-        verdict=verdict(score, checks, infra_errors),
+        score=grade_score(score, verdict_),
+        verdict=verdict_,
         errors=infra_errors + [f"check {c.id}: {c.evidence.message}" for c in checks if c.status == "error"],
     )
     save_result(result, out / RESULT_FILE)

@@ -71,9 +71,13 @@ class CompetencyRecord(Strict):
 class LevelRollup(Strict):
     role: str
     level: str
-    score: float | None = Field(description="0-100 over the assessed competencies; None if none assessed.")
+    score: float | None = Field(description="The level's score, 0-100: None unless the checks assessed at least "
+                                            "half the level's weight (MIN_LEVEL_COVERAGE).")
+    assessed_score: float | None = Field(None, description="0-100 over the assessed competencies only; None if none.")
     assessed_weight: float
     total_weight: float
+    assessed_competencies: int = 0
+    total_competencies: int = 0
     pass_score: float
     competencies: list[CompetencyRecord]
 
@@ -113,7 +117,8 @@ class Result(Strict):
     telemetry: dict[str, Telemetry] = Field(default_factory=dict, description="Per run: what the hooks inside it recorded.")
     checks: list[CheckRecord]
     rollup: LevelRollup
-    score: float | None = Field(ge=0, le=100, description="Weighted check score over checks that did not error.")
+    score: float | None = Field(ge=0, le=100, description="Weighted check score; None when the grade is incomplete "
+                                                           "(a check or run errored) or nothing was assessed.")
     verdict: Verdict
     errors: list[str] = Field(default_factory=list, description="Grader or infrastructure faults, never the candidate's.")
 

@@ -1,12 +1,13 @@
 """Scores stage: the weighted check score, the verdict, and the roll-up onto the rubric level.
 
-Checks that errored are the grader's fault: they are left out of the score (never counted as
-0) and the verdict says the grade is incomplete.
+Checks that errored are the grader's fault: they are never counted as 0. The grade is then
+incomplete and carries no single score (see :func:`grade_score`): what was assessed is listed,
+and what was not.
 """
 
 from __future__ import annotations
 
-from grader.constants import VERDICT_BORDERLINE, VERDICT_MEETS, VERDICT_STRONG
+from grader.constants import MIN_LEVEL_COVERAGE, VERDICT_BORDERLINE, VERDICT_MEETS, VERDICT_STRONG
 from grader.result import CheckRecord, CompetencyRecord, LevelRollup, Verdict
 from grader.rubric import Rubric
 
@@ -17,6 +18,12 @@ def weighted_score(checks: list[CheckRecord]) -> float | None:
     if not total:
         return None
     return round(100 * sum(c.weight * c.score for c in counted) / total, 1)
+
+
+def grade_score(score: float | None, verdict_: Verdict) -> float | None:
+    """The grade's one number: none for an incomplete grade, whose partial score over the checks
+    that ran would read as a verdict on work the grader did not assess."""
+    return None if verdict_ in ("incomplete", "error") else score
 
 
 def verdict(score: float | None, checks: list[CheckRecord], infra_errors: list[str]) -> Verdict:
@@ -61,13 +68,18 @@ def rollup(rubric: Rubric, level: str, task_id: str, checks: list[CheckRecord]) 
             score = sum(w * c.score for w, c in zip(weights, mine)) / sum(weights)
             records.append(CompetencyRecord(**base, kind="checks", status="assessed", score=round(score, 3), checks=refs))
     assessed = [r for r in records if r.status == "assessed"]
-    assessed_w = sum(r.weight for r in assessed)
+    assessed_w, total_w = sum(r.weight for r in assessed), sum(r.weight for r in records)
+    assessed_score = round(100 * sum(r.weight * (r.score or 0) for r in assessed) / assessed_w, 1) if assessed_w else None
+    covered = total_w > 0 and assessed_w / total_w >= MIN_LEVEL_COVERAGE
     return LevelRollup(
         role=rubric.role,
         level=level,
-        score=round(100 * sum(r.weight * (r.score or 0) for r in assessed) / assessed_w, 1) if assessed_w else None,
+        score=assessed_score if covered else None,
+        assessed_score=assessed_score,
         assessed_weight=assessed_w,
-        total_weight=sum(r.weight for r in records),
+        total_weight=total_w,
+        assessed_competencies=len(assessed),
+        total_competencies=len(records),
         pass_score=lvl.pass_score,
         competencies=records,
     )

@@ -7,7 +7,8 @@ import pytest
 from grader.constants import RUBRICS_DIR
 from grader.result import CheckRecord, Evidence
 from grader.rubric import load_rubrics
-from grader.scoring import rollup, verdict, weighted_score
+from grader.constants import MIN_LEVEL_COVERAGE
+from grader.scoring import grade_score, rollup, verdict, weighted_score
 
 
 def rec(cid: str, status: str, score: float, weight: float = 1.0, critical: bool = False) -> CheckRecord:
@@ -21,6 +22,14 @@ def test_errors_are_left_out_never_zero() -> None:
     assert verdict(75.0, checks, []) == "incomplete"
     assert weighted_score([rec("b", "error", 0)]) is None
     assert verdict(None, [rec("b", "error", 0)], []) == "error"
+
+
+def test_incomplete_grade_has_no_single_score() -> None:
+    """A partial score over the checks that ran would read as a verdict on unassessed work."""
+    checks = [rec("a", "pass", 1, 3), rec("b", "error", 0, 100)]
+    assert grade_score(weighted_score(checks), verdict(weighted_score(checks), checks, [])) is None
+    assert grade_score(100.0, verdict(100.0, [rec("a", "pass", 1)], ["run main: engine down"])) is None
+    assert grade_score(80.0, "meets") == 80.0
 
 
 def test_infra_error_makes_grade_incomplete() -> None:
@@ -57,7 +66,22 @@ def test_rollup_scores_assessed_competencies_and_lists_panel_items() -> None:
     assert {statuses[c.id] for c in others} <= {"not-covered"}
     assert roll.assessed_weight == sum(c.weight for c in checked)
     assert roll.total_weight == sum(c.weight for c in junior.competencies)
-    assert roll.score is not None and 0 < roll.score < 100
+    assert (roll.assessed_competencies, roll.total_competencies) == (len(checked), len(junior.competencies))
+    assert roll.assessed_score is not None and 0 < roll.assessed_score < 100
+    covered = roll.assessed_weight / roll.total_weight >= MIN_LEVEL_COVERAGE
+    assert roll.score == (roll.assessed_score if covered else None)
+
+
+def test_level_score_withheld_when_most_of_the_level_is_unassessed() -> None:
+    """"level score 100.0" was once shown from 1 of 7 competencies."""
+    rubric = load_rubrics(RUBRICS_DIR)["llm-engineer"]
+    middle = rubric.level("middle")
+    one = next(c for c in middle.competencies if any(ref.startswith("lora-sft/") for ref in c.checks))
+    ids = [ref.split("/", 1)[1] for ref in one.checks if ref.startswith("lora-sft/")]
+    roll = rollup(rubric, "middle", "lora-sft", [rec(i, "pass", 1) for i in ids])
+    assert roll.assessed_competencies == 1 and roll.total_competencies == len(middle.competencies) > 2
+    assert roll.assessed_weight / roll.total_weight < MIN_LEVEL_COVERAGE
+    assert roll.assessed_score == 100.0 and roll.score is None
 
 
 def test_rollup_error_and_not_covered() -> None:
