@@ -5,17 +5,16 @@ Each stage lives in its own module; this one only chains them and keeps the timi
 
 from __future__ import annotations
 
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from grader import __version__
 from grader.checks.base import Artifacts, CheckContext, RunArtifacts
 from grader.constants import DEFAULT_BASE_MODEL, RESULT_FILE, RUBRICS_DIR, RUNS_DIR, SCRATCH_DIR
+from grader.environment import environment
 from grader.errors import BadInput, GraderFault
 from grader.evaluate import run_checks
 from grader.execute import execute_runs, run_params
@@ -28,9 +27,6 @@ from grader.scoring import grade_score, rollup, verdict, weighted_score
 from grader.tasks import TaskPack, copy_public, hidden_variant
 from grader.telemetry import read_telemetry
 from sandbox import Sandbox, SandboxUnavailable, get_backend
-
-ENV_PACKAGES = ("torch", "transformers", "peft", "trl", "tokenizers", "datasets")
-
 
 @dataclass
 class GradeRequest:
@@ -52,16 +48,6 @@ class GradeRequest:
     device: str = "auto"
     time_scale: float = 1.0
     memory_scale: float = 1.0
-
-
-def environment() -> dict[str, str | None]:
-    env: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ENV_PACKAGES:
-        try:
-            env[pkg] = version(pkg)
-        except PackageNotFoundError:
-            env[pkg] = None
-    return env
 
 
 def resolve_device(device: str) -> str:

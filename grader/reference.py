@@ -15,6 +15,7 @@ from pathlib import Path
 
 from grader.checks.base import RunArtifacts
 from grader.constants import cache_root
+from grader.environment import environment
 from grader.execute import execute_runs
 from grader.intake import tree_sha256
 from grader.tasks import TaskPack
@@ -24,8 +25,10 @@ DONE_FILE = "reference.json"
 
 
 def _key(pack: TaskPack, source: Path, variant: str, base_model_sha: str | None, seed: int, sandbox_id: str) -> str:
+    """Everything that could change the reference's outputs, tunegrade's and the libraries' versions included."""
     parts = [pack.id, pack.spec.version, tree_sha256(source), variant, base_model_sha, seed, sandbox_id, pack.spec.entry,
-             pack.spec.limits.model_dump(mode="json")]
+             pack.spec.limits.model_dump(mode="json"),
+             {k: v for k, v in environment().items() if k != "platform"}]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
