@@ -107,6 +107,9 @@ _time_scale = click.option("--time-scale", default=1.0, show_default=True, type=
                            help="Scale the task's time limit and budget (a larger base model, slower hardware).")
 _memory_scale = click.option("--memory-scale", default=1.0, show_default=True, type=_scale,
                              help="Scale the task's memory limit and budget.")
+_allow_reduced = click.option("--allow-reduced-isolation", is_flag=True,
+                              help="Run the submission even where the sandbox cannot isolate it (no bubblewrap, "
+                                   "--backend process): only for code you trust.")
 _device = click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
                        help="Where the grader's own evaluation runs.")
 
@@ -128,16 +131,17 @@ def _backend_options(gpus: str | None, image: str | None) -> dict[str, str]:
 @_device
 @_time_scale
 @_memory_scale
+@_allow_reduced
 def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend: str, gpus: str | None,
               image: str | None, seed: int, base_model: str, device: str, time_scale: float,
-              memory_scale: float) -> None:
+              memory_scale: float, allow_reduced_isolation: bool) -> None:
     """Self-check: run the visible checks on the public data (exit 3 if one does not pass)."""
     pack = get_task(_task_for(submission, task), _tasks_dirs())
     target = out_dir or Path("graded") / slug(f"self-check-{submission.resolve().name}")
     result = grade(GradeRequest(pack=pack, source=submission, out=target, backend=backend,
                                 backend_options=_backend_options(gpus, image), seed=seed, public=True,
                                 base_model=base_model, device=device, time_scale=time_scale,
-                                memory_scale=memory_scale))
+                                memory_scale=memory_scale, allow_reduced_isolation=allow_reduced_isolation))
     render_report(result, target / REPORT_FILE)
     err.print(_check_table(result))
     err.print(_summary(result))
@@ -162,11 +166,12 @@ def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend:
 @_device
 @_time_scale
 @_memory_scale
+@_allow_reduced
 @click.option("--json", "as_json", is_flag=True, help="Print result.json to stdout.")
 def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str | None, backend: str,
               gpus: str | None, image: str | None, seed: int, ref: str | None, hidden_seed: str | None,
               role: str | None, base_model: str, device: str, time_scale: float, memory_scale: float,
-              as_json: bool) -> None:
+              allow_reduced_isolation: bool, as_json: bool) -> None:
     """Grade SUBMISSION (folder, .tar.gz/.tgz/.zip, or git repo) on hidden inputs."""
     pack = get_task(task, _tasks_dirs())
     name = candidate or (submission.name.split(".")[0] if submission.is_file() else submission.resolve().name)
@@ -176,6 +181,7 @@ def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str 
             pack=pack, source=submission, out=target, candidate=candidate, backend=backend,
             backend_options=_backend_options(gpus, image), seed=seed, ref=ref, hidden_seed=hidden_seed, role=role,
             base_model=base_model, device=device, time_scale=time_scale, memory_scale=memory_scale,
+            allow_reduced_isolation=allow_reduced_isolation,
         )
     )
     report = render_report(result, target / REPORT_FILE)

@@ -48,6 +48,8 @@ class GradeRequest:
     device: str = "auto"
     time_scale: float = 1.0
     memory_scale: float = 1.0
+    allow_reduced_isolation: bool = False
+    """Run candidate code even where the sandbox cannot isolate it (the operator's explicit choice)."""
 
 
 def resolve_device(device: str) -> str:
@@ -79,6 +81,20 @@ def _open_sandbox(name: str, options: dict[str, str]) -> Sandbox:
         raise GraderFault(f"sandbox backend {name!r} is unavailable: {exc}") from None
 
 
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) "
+                "or grade with --backend docker")
+
+
+def require_isolation(sandbox: Sandbox, allowed: bool) -> None:
+    """Fail closed: never run candidate code without isolation unless the operator said so."""
+    iso = sandbox.isolation()
+    if iso.level == "full" or allowed:
+        return
+    why = iso.notes[0] if iso.notes else f"the {iso.backend} backend does not isolate"
+    raise BadInput(f"refusing to run candidate code with reduced isolation ({why}); {INSTALL_HINT}, "
+                   "or pass --allow-reduced-isolation to grade code you trust")
+
+
 def _run_record(run: RunArtifacts, out: Path) -> RunRecord:
     r = run.result
     return RunRecord(
@@ -108,6 +124,7 @@ def grade(req: GradeRequest) -> Result:
     rubric = load_rubrics(RUBRICS_DIR)[role]
     pack.checks  # noqa: B018 - loaded before any candidate code runs: a run cannot change what grades it
     sandbox = _open_sandbox(req.backend, req.backend_options)
+    require_isolation(sandbox, req.allow_reduced_isolation)
     out = req.out.resolve()  # the sandbox binds absolute paths whatever the caller's cwd
     _prepare_out(out)
     scratch = out / SCRATCH_DIR

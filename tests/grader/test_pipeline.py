@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from grader.cli import main
+from grader.errors import BadInput
 from grader.pipeline import GradeRequest, grade
 from grader.tasks import get_task, hidden_variant
 from sandbox import ExecResult, Isolation, Mount, RunSpec, Sandbox, SandboxUnavailable, register
@@ -94,7 +95,7 @@ class BrokenSandbox(Sandbox):
     """A backend whose engine is down: every run raises SandboxUnavailable."""
 
     def isolation(self) -> Isolation:
-        return Isolation(backend="broken-for-tests", mechanism="none", level="reduced")
+        return Isolation(backend="broken-for-tests", mechanism="none", level="full")
 
     def path_for(self, mount: Mount) -> str:
         return mount.target
@@ -113,3 +114,25 @@ def test_infrastructure_failure_is_error_not_zero(capsys, fixture_tasks: Path, s
     assert r["errors"][0] == "run main: engine is down"
     html = (tmp_path / "o" / "report.html").read_text()
     assert "not the candidate&#39;s fault" in html or "not the candidate's fault" in html
+
+
+@pytest.mark.parametrize("options", [{"backend": "process"}, {"backend": "local", "backend_options": {"bwrap": "/nonexistent/bwrap"}}])
+def test_reduced_isolation_is_refused_unless_allowed(echo, submission, tmp_path: Path, options: dict) -> None:
+    """Fail closed: no bubblewrap means no grade, not a quiet grade on the host."""
+    with pytest.raises(BadInput) as exc:
+        _grade(echo, submission(GOOD), tmp_path / "o", **options)
+    message = str(exc.value)
+    assert message.startswith("refusing to run candidate code with reduced isolation (")
+    assert "apt-get install bubblewrap" in message and "--allow-reduced-isolation" in message
+    assert "\n" not in message and not (tmp_path / "o").exists()
+    r = _grade(echo, submission(GOOD, name="s2"), tmp_path / "o2", allow_reduced_isolation=True, **options)
+    assert r.isolation.level == "reduced" and r.score == 100.0
+
+
+def test_cli_refuses_reduced_isolation_in_one_line(capsys, fixture_tasks: Path, submission, tmp_path: Path) -> None:
+    for command in ("grade", "check"):
+        code = main(["--tasks-dir", str(fixture_tasks), command, str(submission(GOOD, name=command)), "--task", "echo",
+                     "--backend", "process", "--out", str(tmp_path / command)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("tunegrade: error: refusing to run candidate code with reduced isolation")
+        assert err.count("\n") == 1
