@@ -18,13 +18,13 @@ from grader.environment import environment
 from grader.errors import BadInput, GraderFault
 from grader.evaluate import run_checks
 from grader.execute import execute_runs, run_params
-from grader.basemodels import resolve_base_model
+from grader.inputs import Inputs, prepare_inputs
 from grader.intake import Submission, intake
 from grader.reference import reference_runs
 from grader.result import Ref, Result, RunRecord, Timings, save_result
 from grader.rubric import load_rubrics
 from grader.scoring import grade_score, rollup, verdict, weighted_score
-from grader.tasks import TaskPack, copy_public, hidden_variant
+from grader.tasks import TaskPack
 from grader.telemetry import read_telemetry
 from sandbox import Sandbox, SandboxUnavailable, get_backend
 
@@ -129,22 +129,14 @@ def grade(req: GradeRequest) -> Result:
     _prepare_out(out)
     scratch = out / SCRATCH_DIR
     shutil.rmtree(scratch, ignore_errors=True)
+    prepared: Inputs | None = None
     try:
         submission: Submission = intake(req.source, scratch / "submission", req.ref)
         t_intake = time.perf_counter()
 
-        inputs_dir = scratch / "inputs"
-        inputs_dir.mkdir()
-        if req.public:
-            manifest = copy_public(pack, inputs_dir)
-            variant = f"{pack.id}@{pack.spec.version}#public"
-        else:
-            seed_text = req.hidden_seed or pack.spec.data.default_hidden_seed
-            manifest = pack.generate(inputs_dir, seed_text)
-            variant = hidden_variant(pack, seed_text)
-        inputs = {name: inputs_dir / name for name in pack.generated_inputs()} | pack.asset_inputs()
-        base = resolve_base_model(req.base_model) if pack.base_model_inputs() else None
-        inputs |= {name: base.path for name in pack.base_model_inputs()} if base else {}
+        prepared = prepare_inputs(pack, scratch / "inputs", public=req.public, hidden_seed=req.hidden_seed,
+                                  base_model=req.base_model)
+        inputs, manifest, variant, base = prepared.mounts, prepared.manifest, prepared.variant, prepared.base
         reference = reference_runs(pack, inputs, sandbox, req.seed, variant, base.sha256 if base else None)
         t_inputs = time.perf_counter()
 
@@ -157,7 +149,7 @@ def grade(req: GradeRequest) -> Result:
             params=run_params(pack, pack.spec.main_run, req.seed),
             seed=req.seed,
             manifest=manifest,
-            data_dir=inputs_dir,
+            data_dir=prepared.grader_dir,
             spec=pack.spec,
             device=resolve_device(req.device) if base else "cpu",
         )
@@ -165,6 +157,8 @@ def grade(req: GradeRequest) -> Result:
                             time_scale=req.time_scale)
         t_checks = time.perf_counter()
     finally:
+        if prepared is not None:
+            prepared.remove()
         shutil.rmtree(scratch, ignore_errors=True)
 
     infra_errors = [f"run {r.name}: {r.infra_error}" for r in runs.values() if r.infra_error]

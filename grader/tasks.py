@@ -83,7 +83,7 @@ class TaskPack:
         return [name for name, inp in self.spec.inputs.items() if inp.generated]
 
     def generate(self, dest: Path, seed: str) -> dict[str, Any]:
-        """Run the pack's seeded generator into ``dest``; the manifest stays beside the inputs, never mounted."""
+        """Run the pack's seeded generator into ``dest`` and write its manifest there (see grader/inputs.py)."""
         dest.mkdir(parents=True, exist_ok=True)
         module = _load_module(self.dir / self.spec.data.generator, f"tunegrade_gen_{self.id.replace('-', '_')}")
         manifest = module.generate(dest, seed, self.asset_inputs())

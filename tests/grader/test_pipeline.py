@@ -81,13 +81,16 @@ def test_hidden_seed_varies_inputs_without_revealing_it(echo, submission, tmp_pa
     assert a.score == b.score == 100.0
 
 
-def test_candidate_cannot_see_the_manifest(echo, submission, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["local", "process"])
+def test_candidate_cannot_see_the_manifest(echo, submission, tmp_path: Path, backend: str) -> None:
+    """Nothing the grader keeps sits under or beside a received path, even where runs see host paths:
+    the run searches everything below the grandparent of its input folder."""
     code = "import pathlib, argparse\np = argparse.ArgumentParser()\nfor a in ('--data', '--out', '--seed'): p.add_argument(a)\n" \
-           "x = p.parse_args()\nd = pathlib.Path(x.data)\nprint(sorted(q.name for q in d.parent.iterdir()))\n" \
-           "print((d.parent / 'manifest.json').exists())\n"
-    r = _grade(echo, submission(code), tmp_path / "o")
-    stdout = (tmp_path / "o" / r.runs[0].log_dir / "stdout.txt").read_text()
-    assert stdout.splitlines()[-1] == "False"
+           "x = p.parse_args()\nd = pathlib.Path(x.data).resolve()\nprint(sorted(q.name for q in d.parent.iterdir()))\n" \
+           "found = [str(q) for q in d.parent.parent.rglob('*') if q.name == 'manifest.json']\nprint(found)\n"
+    r = _grade(echo, submission(code), tmp_path / "o", backend=backend, allow_reduced_isolation=backend == "process")
+    stdout = (tmp_path / "o" / r.runs[0].log_dir / "stdout.txt").read_text().splitlines()
+    assert stdout[-2:] == ["['data']", "[]"]
 
 
 @register("broken-for-tests")
