@@ -18,7 +18,7 @@ from grader.checks.base import RunArtifacts
 from grader.constants import MAX_ARTIFACT_BYTES, SANDBOX_IN, SANDBOX_OUT, SANDBOX_WORK
 from grader.intake import copy_tree
 from grader.tasks import TaskPack
-from grader.telemetry import TELEMETRY_FILENAME, telemetry_env, telemetry_mounts
+from grader.telemetry import TELEMETRY_FILENAME, telemetry_env, telemetry_mounts, write_site
 from sandbox import Mount, RunSpec, Sandbox, SandboxUnavailable
 
 
@@ -98,10 +98,11 @@ def execute_runs(
         mounts, env, telemetry_file = [*in_mounts.values(), out_mount], {}, None
         if pack.spec.telemetry:
             # Outside the working copy and the output folder, so the outputs stay the candidate's alone.
-            site, tel = telemetry_mounts(log_dir / "telemetry")
+            site, tel = telemetry_mounts(log_dir)
             tel.source.mkdir()
+            write_site(site.source, f"{sandbox.path_for(tel)}/{TELEMETRY_FILENAME}")
             mounts += [site, tel]
-            env = telemetry_env(f"{sandbox.path_for(tel)}/{TELEMETRY_FILENAME}", sandbox.path_for(site))
+            env = telemetry_env(sandbox.path_for(site))
             telemetry_file = tel.source / TELEMETRY_FILENAME
         values = {name: sandbox.path_for(m) for name, m in in_mounts.items()}
         values |= run_params(pack, variant.name, seed) | {"out": sandbox.path_for(out_mount)}
@@ -121,6 +122,8 @@ def execute_runs(
             continue
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            if pack.spec.telemetry:
+                shutil.rmtree(site.source, ignore_errors=True)
         notes = result.notes + vet_artifacts(out_dir)
         results[variant.name] = RunArtifacts(variant.name, argv, out_dir, result, notes=notes, telemetry_path=telemetry_file)
     return results

@@ -1,7 +1,6 @@
 """Run telemetry: hooks recorded inside the candidate's Python processes (see read.py for the limits)."""
 
 from grader.telemetry.read import (
-    ENV_OUTPUT,
     SANDBOX_TELEMETRY,
     SANDBOX_TELEMETRY_SITE,
     SITE_DIR,
@@ -10,10 +9,11 @@ from grader.telemetry.read import (
     read_telemetry,
     telemetry_env,
     telemetry_mounts,
+    trained_fingerprints,
+    write_site,
 )
 
 __all__ = [
-    "ENV_OUTPUT",
     "SANDBOX_TELEMETRY",
     "SANDBOX_TELEMETRY_SITE",
     "SITE_DIR",
@@ -22,4 +22,6 @@ __all__ = [
     "read_telemetry",
     "telemetry_env",
     "telemetry_mounts",
+    "trained_fingerprints",
+    "write_site",
 ]

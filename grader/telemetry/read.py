@@ -7,16 +7,20 @@ What it records
     arguments) and each ``Trainer.train`` (trainable/total parameters at start and end, the
     parameters the optimizer holds), every ``Trainer.log`` (training loss, eval_loss, step),
     ``datasets.load_dataset``/``load_from_disk`` calls, files opened for reading through
-    ``open``/``io.open``/``pathlib``, and at exit the wall time, peak RSS and peak CUDA memory.
+    ``open``/``io.open``/``pathlib``, fingerprints of every sequence that received a gradient
+    (``trained_tokens``: token n-gram hashes, see ``site/tunegrade_fingerprint.py``), and at exit
+    the wall time, peak RSS and peak CUDA memory.
 
 Event format (one JSON object per line, appended; see :data:`Event` for every field)
     ``{"v": 1, "event": "<kind>", "pid": 123, "t": <unix time>, ...}`` where kind is one of
     ``start``, ``file_read``, ``model_loaded``, ``peft_applied``, ``trainer_init``,
-    ``train_start``, ``log``, ``train_end``, ``dataset_load``, ``hook_error``, ``exit``.
+    ``train_start``, ``log``, ``train_end``, ``trained_tokens``, ``dataset_load``, ``hook_error``,
+    ``exit``.
 
-Wiring (see :func:`telemetry_mounts` and :func:`telemetry_env`)
-    Mount :data:`SITE_DIR` read-only, a fresh host folder writable, set ``PYTHONPATH`` and
-    ``TUNEGRADE_TELEMETRY``, then :func:`read_telemetry` on the host file after the run.
+Wiring (see :func:`write_site`, :func:`telemetry_mounts` and :func:`telemetry_env`)
+    Each run gets its own site folder (the hooks, and a config file naming the output file: the
+    environment names none), mounted read-only and put on ``PYTHONPATH``, and a fresh writable
+    folder for the output; then :func:`read_telemetry` on the host file after the run.
 
 Honest limits
     The candidate's code runs in the same process as the hooks. It can undo them, skip them
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,12 +49,13 @@ from sandbox import Mount
 
 SCHEMA_VERSION = 1
 FORMAT_VERSION = 1  # the "v" of each event line; sitecustomize.FORMAT_VERSION must match
-ENV_OUTPUT = "TUNEGRADE_TELEMETRY"
 SITE_DIR = Path(__file__).parent / "site"
+SITE_FILES = ("sitecustomize.py", "tunegrade_fingerprint.py")
+CONFIG_FILE = "tunegrade_telemetry.txt"  # sitecustomize.CONFIG_FILE
 TELEMETRY_FILENAME = "telemetry.jsonl"
 SANDBOX_TELEMETRY = "/sandbox/telemetry"
 SANDBOX_TELEMETRY_SITE = "/sandbox/telemetry-site"
-MAX_TELEMETRY_BYTES = 20 << 20
+MAX_TELEMETRY_BYTES = 64 << 20
 
 
 class _Event(Strict):
@@ -161,6 +167,17 @@ class LogEvent(_Event):
     logs: dict[str, float]
 
 
+class TrainedTokensEvent(_Event):
+    """Sequences that received a gradient since the last such event, as new n-gram fingerprints."""
+
+    event: Literal["trained_tokens"]
+    n: int = Field(description="Tokens per n-gram (tunegrade_fingerprint.N).")
+    sample: int = Field(description="Kept n-grams have hash % sample == 0 (tunegrade_fingerprint.SAMPLE).")
+    rows: int = Field(ge=0, description="Sequences trained on since the last event.")
+    tokens: int = Field(ge=0, description="Their non-padding tokens.")
+    hashes: str = Field(description="New n-gram hashes, 16 hex digits each, space-separated.")
+
+
 class DatasetLoadEvent(_Event):
     """``datasets.load_dataset`` or ``load_from_disk`` was called."""
 
@@ -203,6 +220,7 @@ Event = Annotated[
     | TrainStartEvent
     | TrainEndEvent
     | LogEvent
+    | TrainedTokensEvent
     | DatasetLoadEvent
     | HookErrorEvent
     | ExitEvent,
@@ -263,6 +281,9 @@ class Telemetry(Strict):
     total_params: int | None = None
     losses: list[tuple[int, float]] = Field(default_factory=list, description="(global step, training loss).")
     eval_losses: list[tuple[int, float]] = Field(default_factory=list, description="(global step, eval_loss).")
+    trained_rows: int = Field(0, description="Sequences that received a gradient (every pass counts).")
+    trained_tokens: int = Field(0, description="Their non-padding tokens.")
+    trained_ngrams: int = Field(0, description="Distinct n-gram fingerprints of them (see trained_fingerprints).")
     datasets_loaded: list[DatasetLoadEvent] = Field(default_factory=list)
     files_read: list[str] = Field(default_factory=list, description="Sorted, unique, in-sandbox paths.")
     hook_errors: list[str] = Field(default_factory=list)
@@ -272,19 +293,26 @@ class Telemetry(Strict):
     cuda_peak_mb: float | None = Field(None, description="Largest peak CUDA memory of any process.")
 
 
-def telemetry_env(path_in_sandbox: str, site_dir_in_sandbox: str, *, pythonpath: str | None = None) -> dict[str, str]:
+def write_site(dest: Path, output_in_sandbox: str) -> None:
+    """A run's own site folder: the hooks, and beside them the file naming where they write."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SITE_FILES:
+        shutil.copyfile(SITE_DIR / name, dest / name)
+    (dest / CONFIG_FILE).write_text(output_in_sandbox + "\n", encoding="utf-8")
+
+
+def telemetry_env(site_dir_in_sandbox: str, *, pythonpath: str | None = None) -> dict[str, str]:
     """Environment turning telemetry on; ``pythonpath`` (if the run sets one) goes after the site dir."""
-    return {
-        ENV_OUTPUT: path_in_sandbox,
-        "PYTHONPATH": site_dir_in_sandbox + (os.pathsep + pythonpath if pythonpath else ""),
-    }
+    return {"PYTHONPATH": site_dir_in_sandbox + (os.pathsep + pythonpath if pythonpath else "")}
 
 
-def telemetry_mounts(out_dir: Path) -> tuple[Mount, Mount]:
-    """(site dir read-only, ``out_dir`` writable) at their conventional in-sandbox targets."""
+def telemetry_mounts(log_dir: Path) -> tuple[Mount, Mount]:
+    """(the run's site folder read-only, its output folder writable), under ``log_dir``, at their
+    conventional in-sandbox targets; the caller creates the output folder and fills the site with
+    :func:`write_site`."""
     return (
-        Mount(source=SITE_DIR, target=SANDBOX_TELEMETRY_SITE),
-        Mount(source=out_dir, target=SANDBOX_TELEMETRY, writable=True),
+        Mount(source=log_dir / "telemetry-site", target=SANDBOX_TELEMETRY_SITE),
+        Mount(source=log_dir / "telemetry", target=SANDBOX_TELEMETRY, writable=True),
     )
 
 
@@ -337,12 +365,31 @@ def read_telemetry(path: Path) -> Telemetry:
     return summarise(events, malformed=malformed, truncated=truncated)
 
 
+def trained_fingerprints(path: Path, n: int, sample: int) -> set[int] | None:
+    """Every n-gram fingerprint the run recorded of what it trained on (events of another ``n`` or
+    ``sample`` are ignored; malformed hashes too); None when there is no telemetry file."""
+    data, _ = _read_capped(Path(path))
+    if data is None:
+        return None
+    found: set[int] = set()
+    for ev in parse_events(data)[0]:
+        if isinstance(ev, TrainedTokensEvent) and (ev.n, ev.sample) == (n, sample):
+            for token in ev.hashes.split():
+                if len(token) == 16:
+                    try:
+                        found.add(int(token, 16))
+                    except ValueError:
+                        continue
+    return found
+
+
 def summarise(events: list[Any], *, malformed: int = 0, truncated: bool = False) -> Telemetry:
     """Fold parsed events into a :class:`Telemetry` (pure)."""
     tel = Telemetry(present=True, truncated=truncated, malformed_lines=malformed)
     procs: dict[int, ProcessInfo] = {}
     runs: list[TrainRun] = []
     files: set[str] = set()
+    ngrams = 0
     for ev in events:
         proc = procs.setdefault(ev.pid, ProcessInfo(pid=ev.pid))
         if isinstance(ev, StartEvent):
@@ -382,12 +429,17 @@ def summarise(events: list[Any], *, malformed: int = 0, truncated: bool = False)
                 tel.losses.append((ev.step, ev.logs["loss"]))
             if "eval_loss" in ev.logs:
                 tel.eval_losses.append((ev.step, ev.logs["eval_loss"]))
+        elif isinstance(ev, TrainedTokensEvent):
+            tel.trained_rows += ev.rows
+            tel.trained_tokens += ev.tokens
+            ngrams += len(ev.hashes.split())
         elif isinstance(ev, DatasetLoadEvent):
             tel.datasets_loaded.append(ev)
         elif isinstance(ev, HookErrorEvent):
             tel.hook_errors.append(f"{ev.module}: {ev.error}")
     tel.processes = list(procs.values())
     tel.files_read = sorted(files)
+    tel.trained_ngrams = ngrams
     tel.train_runs = runs
     _fold_processes(tel)
     _choose_run(tel)

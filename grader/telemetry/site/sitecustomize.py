@@ -1,14 +1,19 @@
 """tunegrade run telemetry, recorded from inside the candidate's Python processes.
 
-The grader mounts this folder read-only into the sandbox and puts it on ``PYTHONPATH``;
-Python imports ``sitecustomize`` at startup. Nothing happens unless the environment
-variable ``TUNEGRADE_TELEMETRY`` names an output file. Then every Python process of the
-run (subprocesses inherit the environment) appends one JSON object per line to that file.
+The grader copies this file into a run's own site folder, mounts it read-only and puts it on
+``PYTHONPATH``; Python imports ``sitecustomize`` at startup. Nothing happens unless a file
+``tunegrade_telemetry.txt`` beside it names an output file (the environment names none). Then
+every Python process of the run (subprocesses inherit ``PYTHONPATH``) appends one JSON object
+per line to that file.
 
 Only the standard library is imported here, so ``python -c pass`` stays fast. Hooks on
 transformers, peft and datasets are installed lazily: a ``sys.meta_path`` finder wraps
 the loader of the few modules named in ``_PATCHERS`` and patches them right after they
 execute. ``open`` (builtins and io) is wrapped at once to note files opened for reading.
+
+Every model loaded through ``from_pretrained`` is watched for training: each sequence whose
+logits receive a gradient is fingerprinted (``tunegrade_fingerprint``: hashes of its token
+n-grams), so the grader can tell which examples were trained on, whatever the training loop.
 
 Every hook calls the original first or last and swallows its own errors: the candidate's
 program must behave exactly as without telemetry. The event format is documented in
@@ -22,11 +27,13 @@ hooks or write to the file. The grader cross-checks it with what it measures its
 
 import os as _os
 
-ENV_OUTPUT = "TUNEGRADE_TELEMETRY"
+CONFIG_FILE = "tunegrade_telemetry.txt"
+FINGERPRINT_FILE = "tunegrade_fingerprint.py"
 FORMAT_VERSION = 1
 MAX_EVENT_CHARS = 65536
 MAX_FILES = 5000
 MAX_LOG_EVENTS = 200000
+FINGERPRINT_FLUSH = 2000  # new hashes per trained_tokens event (about 34,000 characters)
 TRAINER_ARGS = """
     learning_rate num_train_epochs max_steps per_device_train_batch_size per_device_eval_batch_size
     gradient_accumulation_steps bf16 fp16 tf32 gradient_checkpointing eval_strategy eval_steps
@@ -80,9 +87,13 @@ def _activate(out_path):
         return str(obj)[:2000]
 
     def emit(event, **fields):
+        write(event, clean(fields))
+
+    def write(event, fields):
+        """Append one event; ``fields`` must already be JSON-safe."""
         try:
             record = {"v": FORMAT_VERSION, "event": event, "pid": _os.getpid(), "t": round(time.time(), 3)}
-            record.update(clean(fields))
+            record.update(fields)
             line = json.dumps(record, separators=(",", ":"))
             if len(line) > MAX_EVENT_CHARS:
                 counts["dropped"] += 1
@@ -212,6 +223,69 @@ def _activate(out_path):
         _copy_meta(wrapper, func)
         setattr(cls, attr, classmethod(wrapper))
 
+    # ---- sequences trained on --------------------------------------------------------------
+    fingerprint = _load_fingerprint()
+    trained = {"seen": set(), "pending": [], "rows": 0, "tokens": 0, "lock": threading.Lock()}
+
+    def flush_trained():
+        with trained["lock"]:
+            pending, rows, tokens = trained["pending"], trained["rows"], trained["tokens"]
+            if not (pending or rows):
+                return
+            trained.update(pending=[], rows=0, tokens=0)
+        write("trained_tokens", {"n": fingerprint.N, "sample": fingerprint.SAMPLE, "rows": rows, "tokens": tokens,
+                                 "hashes": " ".join(f"{h:016x}" for h in pending)})
+
+    def record_trained(rows, masks):
+        new = []
+        tokens = 0
+        for i, row in enumerate(rows):
+            if masks is not None:
+                row = [t for t, m in zip(row, masks[i]) if m]
+            tokens += len(row)
+            new.append(fingerprint.fingerprints(row))
+        with trained["lock"]:
+            trained["rows"] += len(rows)
+            trained["tokens"] += tokens
+            for hashes in new:
+                fresh = hashes - trained["seen"]
+                trained["seen"] |= fresh
+                trained["pending"].extend(fresh)
+            full = len(trained["pending"]) >= FINGERPRINT_FLUSH
+        if full:
+            flush_trained()
+
+    def watch_training(model):
+        """Fingerprint each sequence whose logits receive a gradient: what the model was trained on,
+        whichever loop trained it (Trainer, TRL, a hand-written one); evaluation never backpropagates."""
+        torch = sys.modules.get("torch")
+        if torch is None or fingerprint is None:
+            return
+
+        def after_forward(module, args, kwargs, output):
+            try:
+                if not torch.is_grad_enabled():
+                    return
+                logits = getattr(output, "logits", None)
+                ids = kwargs.get("input_ids", args[0] if args else None)
+                if logits is None or not getattr(logits, "requires_grad", False) or not hasattr(ids, "tolist"):
+                    return
+                mask = kwargs.get("attention_mask")
+                rows = ids.detach().reshape(-1, ids.shape[-1]).tolist()
+                masks = mask.detach().reshape(-1, mask.shape[-1]).tolist() if hasattr(mask, "tolist") else None
+
+                def on_gradient(grad):
+                    try:
+                        record_trained(rows, masks)
+                    except Exception:
+                        pass
+
+                logits.register_hook(on_gradient)
+            except Exception:
+                pass
+
+        model.register_forward_hook(after_forward, with_kwargs=True)
+
     # ---- transformers.modeling_utils -----------------------------------------------------
     def on_model_loaded(klass, args, kwargs, model):
         facts = model_facts(model)
@@ -226,6 +300,7 @@ def _activate(out_path):
             num_params=safe(lambda: param_counts(model)[1]),
             **facts,
         )
+        watch_training(model)
 
     def patch_modeling_utils(mod):
         wrap_classmethod(mod.PreTrainedModel, "from_pretrained", on_model_loaded)
@@ -370,6 +445,7 @@ def _activate(out_path):
                         if optimizer is not None
                         else None
                     )
+                    flush_trained()
                     emit(
                         "train_end",
                         trainer_id=id(self),
@@ -514,6 +590,10 @@ def _activate(out_path):
 
     def at_exit():
         try:
+            flush_trained()
+        except Exception:
+            pass
+        try:
             import resource
 
             scale = 1 / (1 << 20) if sys.platform == "darwin" else 1 / 1024
@@ -580,9 +660,35 @@ def _chain_next_sitecustomize():
     spec.loader.exec_module(module)
 
 
-if _os.environ.get(ENV_OUTPUT):
+def _here(name):
+    return _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), name)
+
+
+def _load_fingerprint():
+    """The fingerprint module beside this file, loaded by path: nothing on sys.path can shadow it."""
     try:
-        _activate(_os.environ[ENV_OUTPUT])
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_tunegrade_fingerprint", _here(FINGERPRINT_FILE))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except Exception:
+        return None
+
+
+def _configured_output():
+    try:
+        with open(_here(CONFIG_FILE), encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+_output = _configured_output()
+if _output:
+    try:
+        _activate(_output)
     except Exception:
         pass
 try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.telemetry import SITE_DIR, telemetry_env
+from grader.telemetry import telemetry_env, write_site
 
 
 def clean_env(home: Path, telemetry: Path | None) -> dict[str, str]:
@@ -28,7 +28,9 @@ def clean_env(home: Path, telemetry: Path | None) -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",  # keep the mounted site dir free of __pycache__
     }
     if telemetry is not None:
-        env |= telemetry_env(str(telemetry), str(SITE_DIR))
+        site = home / "telemetry-site"
+        write_site(site, str(telemetry))
+        env |= telemetry_env(str(site))
     return env
 
 

@@ -9,12 +9,12 @@ import threading
 from pathlib import Path
 
 from grader.telemetry import (
-    ENV_OUTPUT,
     SANDBOX_TELEMETRY,
     SANDBOX_TELEMETRY_SITE,
     SITE_DIR,
     read_telemetry,
     telemetry_env,
+    write_site,
     telemetry_mounts,
 )
 from grader.telemetry import read as read_mod
@@ -142,24 +142,24 @@ def test_run_training_most_parameters_is_reported():
     assert not tel.exited and tel.wall_s is None  # no exit event: the process died abnormally
 
 
-def test_env_and_mounts():
-    env = telemetry_env("/sandbox/telemetry/telemetry.jsonl", "/sandbox/telemetry-site")
-    assert env == {ENV_OUTPUT: "/sandbox/telemetry/telemetry.jsonl", "PYTHONPATH": "/sandbox/telemetry-site"}
-    assert telemetry_env("/t", "/s", pythonpath="/x")["PYTHONPATH"] == "/s:/x"
-    site, out = telemetry_mounts(Path("/host/runs/a/telemetry"))
-    assert (site.source, site.target, site.writable) == (SITE_DIR, SANDBOX_TELEMETRY_SITE, False)
-    assert (out.target, out.writable) == (SANDBOX_TELEMETRY, True)
-    assert sorted(p.name for p in SITE_DIR.iterdir() if p.suffix == ".py") == ["sitecustomize.py"]
+def test_env_mounts_and_site(tmp_path: Path):
+    """The environment names no telemetry file: a config file in the run's own site folder does."""
+    assert telemetry_env("/sandbox/telemetry-site") == {"PYTHONPATH": "/sandbox/telemetry-site"}
+    assert telemetry_env("/s", pythonpath="/x")["PYTHONPATH"] == "/s:/x"
+    site, out = telemetry_mounts(Path("/host/runs/a"))
+    assert (site.source, site.target, site.writable) == (Path("/host/runs/a/telemetry-site"), SANDBOX_TELEMETRY_SITE, False)
+    assert (out.source, out.target, out.writable) == (Path("/host/runs/a/telemetry"), SANDBOX_TELEMETRY, True)
+    write_site(tmp_path / "site", "/sandbox/telemetry/telemetry.jsonl")
+    assert sorted(p.name for p in (tmp_path / "site").iterdir()) == sorted([*read_mod.SITE_FILES, read_mod.CONFIG_FILE])
+    assert (tmp_path / "site" / read_mod.CONFIG_FILE).read_text() == "/sandbox/telemetry/telemetry.jsonl\n"
+    assert sorted(p.name for p in SITE_DIR.iterdir() if p.suffix == ".py") == sorted(read_mod.SITE_FILES)
+    assert not (SITE_DIR / read_mod.CONFIG_FILE).exists()  # the package's own copy is inert
 
 
 def test_writer_and_reader_agree_on_names():
     spec = importlib.util.spec_from_file_location("tg_site_probe", SITE_DIR / "sitecustomize.py")
     module = importlib.util.module_from_spec(spec)
-    saved = os.environ.pop(ENV_OUTPUT, None)
-    try:
-        spec.loader.exec_module(module)  # inactive: the env var is unset
-    finally:
-        if saved is not None:
-            os.environ[ENV_OUTPUT] = saved
-    assert module.ENV_OUTPUT == ENV_OUTPUT
+    spec.loader.exec_module(module)  # inactive: no config file beside it
+    assert module.CONFIG_FILE == read_mod.CONFIG_FILE
+    assert module.FINGERPRINT_FILE in read_mod.SITE_FILES
     assert module.FORMAT_VERSION == read_mod.FORMAT_VERSION

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from grader.telemetry import ENV_OUTPUT, SITE_DIR, Telemetry, read_telemetry
+from grader.telemetry import SITE_DIR, Telemetry, read_telemetry, trained_fingerprints
+from grader.telemetry.site import tunegrade_fingerprint as fingerprint
 
 TOKENIZER = Path(__file__).resolve().parents[3] / "tasks" / "_shared" / "tokenizer"
 
@@ -75,7 +76,21 @@ trainer = SFTTrainer(model=LlamaForCausalLM(config), args=args, train_dataset=da
 trainer.train()
 """
 
-SCRIPTS = {"lora": MODEL + TRAIN, "disguised": MODEL + DISGUISE + TRAIN, "sft": SFT}
+HAND_LOOP = """
+import json
+a, b, c = (torch.randint(0, 128, (n, 12)) for n in (6, 4, 4))
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+for _ in range(2):  # a hand-written loop: trained twice on a
+    model(input_ids=a, labels=a).loss.backward()
+    opt.step()
+    opt.zero_grad()
+with torch.no_grad():
+    model(input_ids=b, labels=b)  # evaluated
+model(input_ids=c, labels=c).loss  # a forward pass with gradients on, never backpropagated
+(out / "rows.json").write_text(json.dumps({"a": a.tolist(), "b": b.tolist(), "c": c.tolist()}))
+"""
+
+SCRIPTS = {"lora": MODEL + TRAIN, "disguised": MODEL + DISGUISE + TRAIN, "sft": SFT, "hand-loop": MODEL + HAND_LOOP}
 
 
 @dataclass
@@ -149,6 +164,22 @@ def test_trainer_lora_run_is_recorded(runs):
     assert tel.exited and proc.exited and proc.uncaught is None
     assert 0 < tel.wall_s < 300 and tel.peak_rss_mb > 100
     assert tel.cuda_peak_mb is None
+
+
+@pytest.mark.slow
+def test_sequences_trained_on_are_fingerprinted_whatever_the_loop(runs):
+    """Only what received a gradient: not evaluation, not a forward pass that was never backpropagated."""
+    run = runs["hand-loop"]
+    run.check_ok()
+    rows = json.loads((run.dir / "rows.json").read_text())
+    trained = trained_fingerprints(run.dir / "telemetry.jsonl", fingerprint.N, fingerprint.SAMPLE)
+    assert all(fingerprint.fingerprints(r) <= trained for r in rows["a"])
+    assert not any(fingerprint.fingerprints(r) & trained for r in rows["b"] + rows["c"])
+    assert (run.telemetry.trained_rows, run.telemetry.trained_tokens) == (12, 12 * 12)
+    assert run.telemetry.trained_ngrams == len(trained) > 0
+    assert trained_fingerprints(run.dir / "telemetry.jsonl", fingerprint.N + 1, fingerprint.SAMPLE) == set()
+    lora = runs["lora"].telemetry  # Trainer: 4 steps of 4 rows; its evaluation is not training
+    assert (lora.trained_rows, lora.trained_tokens) == (16, 16 * 12)
 
 
 @pytest.mark.slow
@@ -255,13 +286,13 @@ def test_startup_cost_is_small_and_imports_nothing_heavy(tmp_path, env_for):
     )
 
 
-def test_off_when_env_unset(tmp_path, env_for):
-    env = env_for(tmp_path, None) | {"PYTHONPATH": str(SITE_DIR)}
+def test_off_without_a_config_file(tmp_path, env_for):
+    """The package's own site folder has no config: on PYTHONPATH it changes nothing."""
+    env = env_for(tmp_path, None) | {"PYTHONPATH": str(SITE_DIR), "TUNEGRADE_TELEMETRY": str(tmp_path / "t.jsonl")}
     code = (
         "import builtins, io; assert builtins.open is io.open and type(open).__name__ == 'builtin_function_or_method'"
     )
     subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True)
-    subprocess.run([sys.executable, "-c", code], env=env | {ENV_OUTPUT: ""}, cwd=tmp_path, check=True)
     assert list(tmp_path.iterdir()) == []
 
 
