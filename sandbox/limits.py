@@ -51,6 +51,7 @@ def build_env(spec: RunSpec, *, home: str, python_bin: str | None = None) -> dic
         "HF_DATASETS_OFFLINE": "1",
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
+        "OMP_WAIT_POLICY": "PASSIVE",  # idle OpenMP threads sleep: spin-waiting collapses when cores are shared
         "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(spec.limits.gpus)),
     }
     env.update(spec.env)

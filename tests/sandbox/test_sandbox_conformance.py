@@ -89,6 +89,7 @@ def test_environment_is_cleared_and_explicit(env, monkeypatch):
     assert not any("hunter2" in v or "hf_do_not_leak" in v for v in seen.values())
     assert seen["PATH"].split(":")[0] == (IMAGE_PYTHON_BIN if env.name == "docker" else python_bin_dir())
     assert seen["OMP_NUM_THREADS"] == seen["MKL_NUM_THREADS"] == "3"
+    assert seen["OMP_WAIT_POLICY"] == "PASSIVE"  # idle OpenMP threads sleep instead of spinning
     for key, value in {"LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
                        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                        "EXTRA": "1", "CUDA_VISIBLE_DEVICES": ""}.items():
@@ -96,7 +97,7 @@ def test_environment_is_cleared_and_explicit(env, monkeypatch):
     # Only what the backend sets (bwrap also sets PWD to the working directory, docker HOSTNAME).
     allowed = {"PWD", "HOSTNAME", "PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED",
                "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "OMP_NUM_THREADS",
-               "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "EXTRA"}
+               "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "CUDA_VISIBLE_DEVICES", "EXTRA"}
     assert set(seen) <= allowed, set(seen) - allowed
 
 
