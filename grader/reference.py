@@ -1,8 +1,8 @@
-"""The reference run: the task's own good solution, run by the grader as the 1.0 of a normalised scale.
+"""Reference runs: the task's own good solution, run by the grader on the grade's inputs.
 
-Checks such as ``heldout-improves`` score a candidate between the base model (0) and what the
-reference solution achieves (1) on the same hidden inputs and base model. Its run is cached:
-the key covers everything that could change its outputs.
+They are the 1.0 of normalised scales (``heldout-improves``: base model 0, reference 1), and their
+spread over several seeds calibrates statistical checks (``eval-uncontaminated``). Each run is
+cached: the key covers everything that could change its outputs, so a cohort pays for them once.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from grader.checks.base import RunArtifacts
@@ -32,34 +33,36 @@ def _key(pack: TaskPack, source: Path, variant: str, base_model_sha: str | None,
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
-def _load(root: Path) -> dict[str, RunArtifacts]:
-    stored = json.loads((root / DONE_FILE).read_text(encoding="utf-8"))
-    runs = {}
-    for item in stored:
-        log_dir = root / "runs" / item["name"]
-        result = ExecResult.model_validate(item["result"]).model_copy(
-            update={"stdout_path": log_dir / "stdout.txt", "stderr_path": log_dir / "stderr.txt"}
-        )
-        telemetry = log_dir / item["telemetry"] if item["telemetry"] else None
-        runs[item["name"]] = RunArtifacts(item["name"], item["argv"], log_dir / "out", result, telemetry_path=telemetry)
-    return runs
+def _load(root: Path) -> RunArtifacts:
+    item = json.loads((root / DONE_FILE).read_text(encoding="utf-8"))
+    log_dir = root / "runs" / item["name"]
+    result = ExecResult.model_validate(item["result"]).model_copy(
+        update={"stdout_path": log_dir / "stdout.txt", "stderr_path": log_dir / "stderr.txt"}
+    )
+    telemetry = log_dir / item["telemetry"] if item["telemetry"] else None
+    return RunArtifacts(item["name"], item["argv"], log_dir / "out", result, telemetry_path=telemetry)
 
 
 def reference_runs(
     pack: TaskPack,
     inputs: dict[str, Path],
     sandbox: Sandbox,
-    seed: int,
+    seeds: Sequence[int],
     variant: str,
     base_model_sha: str | None,
-) -> dict[str, RunArtifacts] | None:
-    """The reference solution's main run on these inputs, from the cache or run now; None if the task has none.
+) -> list[RunArtifacts]:
+    """The reference solution's main run on these inputs, once per seed, from the cache or run now;
+    empty if the task has no reference. A failed run is returned but not cached: checks that need it
+    report a grader error."""
+    if pack.spec.reference is None:
+        return []
+    return [_reference_run(pack, inputs, sandbox, seed, variant, base_model_sha) for seed in seeds]
 
-    A failed reference run is not cached: checks that need it report a grader error.
-    """
-    if not pack.spec.reference:
-        return None
-    source = pack.dir / pack.spec.reference
+
+def _reference_run(pack: TaskPack, inputs: dict[str, Path], sandbox: Sandbox, seed: int, variant: str,
+                   base_model_sha: str | None) -> RunArtifacts:
+    assert pack.spec.reference is not None
+    source = pack.dir / pack.spec.reference.solution
     digest = sandbox.isolation().image_digest  # another candidate image is another reference run
     sandbox_id = f"{sandbox.name}@{digest}" if digest else sandbox.name
     root = cache_root() / "reference" / f"{pack.id}-{_key(pack, source, variant, base_model_sha, seed, sandbox_id)}"
@@ -67,19 +70,17 @@ def reference_runs(
         return _load(root)
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    runs = execute_runs(pack, source, inputs, sandbox, seed, tmp / "runs", tmp / "scratch", only=[pack.spec.main_run])
+    main = pack.spec.main_run
+    run = execute_runs(pack, source, inputs, sandbox, seed, tmp / "runs", tmp / "scratch", only=[main])[main]
     shutil.rmtree(tmp / "scratch", ignore_errors=True)
-    if not all(r.result is not None and r.result.ok for r in runs.values()):
-        return runs
-    stored = [
-        {
-            "name": r.name,
-            "argv": r.argv,
-            "result": r.result.model_dump(mode="json") if r.result else None,
-            "telemetry": r.telemetry_path.relative_to(tmp / "runs" / r.name).as_posix() if r.telemetry_path else None,
-        }
-        for r in runs.values()
-    ]
+    if run.result is None or not run.result.ok:
+        return run
+    stored = {
+        "name": run.name,
+        "argv": run.argv,
+        "result": run.result.model_dump(mode="json"),
+        "telemetry": run.telemetry_path.relative_to(tmp / "runs" / run.name).as_posix() if run.telemetry_path else None,
+    }
     (tmp / DONE_FILE).write_text(json.dumps(stored), encoding="utf-8")
     try:
         tmp.rename(root)

@@ -108,8 +108,12 @@ class TaskPack:
         spec = self.spec
         limits = spec.limits.model_copy(update={"wall_time_s": spec.limits.wall_time_s * time,
                                                 "memory_mb": round(spec.limits.memory_mb * memory)})
-        budget = spec.budget and spec.budget.model_copy(update={"wall_time_s": spec.budget.wall_time_s * time,
-                                                                "memory_mb": round(spec.budget.memory_mb * memory)})
+        budget = spec.budget and spec.budget.model_copy(update={
+            "cpu_s": spec.budget.cpu_s * time,
+            "gpu_s": spec.budget.gpu_s and spec.budget.gpu_s * time,
+            "memory_mb": round(spec.budget.memory_mb * memory),
+            "gpu_memory_mb": spec.budget.gpu_memory_mb and round(spec.budget.gpu_memory_mb * memory),
+        })
         return replace(self, spec=spec.model_copy(update={"limits": limits, "budget": budget}))
 
 

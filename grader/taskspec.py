@@ -34,10 +34,29 @@ class InputSpec(Strict):
 
 
 class Budget(Strict):
-    """What a good solution needs; exceeding it is a finding (within-budget), not a kill (see limits)."""
+    """What a good solution needs, in figures the host's load does not move: CPU-seconds (user + system,
+    every process of the run) and peak memory, as the sandbox measures them; GPU-seconds and peak GPU
+    memory on GPU runs. Exceeding it is a finding (within-budget), not a kill. Wall time is no budget:
+    it is the hard limit only (see limits), because it depends on what else runs on the host."""
 
-    wall_time_s: float = Field(gt=0)
-    memory_mb: int = Field(gt=0)
+    cpu_s: float = Field(gt=0, description="CPU-seconds allowed, sized for the default base model on a 2-core CPU.")
+    reference_cpu_factor: float | None = Field(
+        None, gt=0, description="If set, the CPU budget is this multiple of the reference solution's CPU time "
+                                "measured on the same host (a slower or busier host moves both); cpu_s applies "
+                                "where no reference run was measured.")
+    memory_mb: int = Field(gt=0, description="Peak memory of all the run's processes together.")
+    gpu_s: float | None = Field(None, gt=0, description="GPU-seconds (wall seconds × GPUs) on GPU runs.")
+    gpu_memory_mb: int | None = Field(None, gt=0, description="Peak GPU memory on GPU runs.")
+
+
+class ReferenceSpec(Strict):
+    """The task's own good solution, run by the grader on each grade's inputs (cached per cohort)."""
+
+    solution: str = Field(description="Solution folder, e.g. solutions/good: the 1.0 of normalised scales.")
+    seeds: int = Field(1, ge=1, le=8, description="Honest reference runs per cohort, at the grade's seed and the "
+                                                   "next ones: their spread calibrates statistical checks.")
+    public: bool = Field(False, description="Also run it on the public inputs: the 0 of checks measuring what "
+                                            "only the hidden data can teach.")
 
 
 class RunVariant(Strict):
@@ -82,7 +101,7 @@ class TaskSpec(Strict):
     limits: Limits = Field(default_factory=Limits)
     budget: Budget | None = None
     telemetry: bool = Field(False, description="Record run telemetry inside the candidate's Python processes.")
-    reference: str | None = Field(None, description="Solution folder the grader runs as the scale's 1.0 (e.g. solutions/good).")
+    reference: ReferenceSpec | None = None
     checks: list[CheckSpec] = Field(min_length=1)
     export: list[str] = Field(default_factory=list, description="Extra pack paths given to candidates (besides README.md, starter/, public data).")
 

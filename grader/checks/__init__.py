@@ -14,6 +14,7 @@ from grader.checks.base import (
     passed,
     read_json,
     read_jsonl,
+    sibling_module,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "passed",
     "read_json",
     "read_jsonl",
+    "sibling_module",
 ]

@@ -7,10 +7,14 @@ is a ``fail``); any other exception is a grader fault and becomes ``error``.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -78,7 +82,21 @@ class RunArtifacts:
 @dataclass
 class Artifacts:
     runs: dict[str, RunArtifacts]
-    reference: dict[str, RunArtifacts] | None = None
+    references: list[RunArtifacts] = field(default_factory=list)
+    """The reference solution's main run on these inputs, one per reference seed (the grade's seed first)."""
+    public_reference: RunArtifacts | None = None
+    """The reference solution's main run on the public inputs, where the task asks for it."""
+
+    def reference(self, index: int = 0) -> Path:
+        """The output folder of a reference run; the grader's fault if it is missing or failed."""
+        if index >= len(self.references):
+            raise InfraFault("the task's reference solution was not run")
+        return _succeeded(self.references[index], "the reference solution's run")
+
+    def public_reference_out(self) -> Path:
+        if self.public_reference is None:
+            raise InfraFault("the reference solution was not run on the public inputs")
+        return _succeeded(self.public_reference, "the reference solution's run on the public inputs")
 
     def require(self, name: str) -> Path:
         """The output folder of a run that succeeded; otherwise the check cannot proceed."""
@@ -90,6 +108,13 @@ class Artifacts:
         if not run.result.ok:
             raise CandidateFault(run.describe_failure())
         return run.out_dir
+
+
+def _succeeded(run: RunArtifacts, what: str) -> Path:
+    if run.result is None or not run.result.ok:
+        reason = run.infra_error or (run.describe_failure() if run.result else "not executed")
+        raise InfraFault(f"{what} did not succeed ({reason})")
+    return run.out_dir
 
 
 @dataclass
@@ -115,6 +140,20 @@ class CheckContext:
         if key not in self.cache:
             self.cache[key] = compute()
         return self.cache[key]
+
+
+def sibling_module(anchor: str, name: str) -> ModuleType:
+    """Load ``name``.py next to ``anchor`` (a task's checks.py, which the grader loads by path, not as a
+    package), once per process."""
+    path = Path(anchor).resolve().with_name(f"{name}.py")
+    module_name = f"_tunegrade_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 CheckFn = Callable[[Artifacts, CheckContext], Outcome]

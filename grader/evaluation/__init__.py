@@ -20,7 +20,7 @@ from grader.evaluation.loading import (
     load_model,
     validate_adapter_dir,
 )
-from grader.evaluation.nll import EncodedExample, ExampleNLL, NLLResult, encode_chat, response_nll
+from grader.evaluation.nll import EncodedExample, ExampleNLL, NLLResult, encode_chat, encode_phrase, response_nll
 
 __all__ = [
     "AdapterConfig",
@@ -33,6 +33,7 @@ __all__ = [
     "adapter_tensors",
     "bootstrap_ci",
     "encode_chat",
+    "encode_phrase",
     "encode_prompt",
     "exact_match",
     "greedy_generate",

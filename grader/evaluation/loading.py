@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from grader.checks.base import CandidateFault, InfraFault, parse_json
+from grader.evaluation.formats import PICKLE_SUFFIXES
 from grader.schema import describe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,8 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 MAX_ADAPTER_CONFIG_BYTES = 1024 * 1024
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-"""Weight formats that torch/pickle would deserialise with code execution; refused by name."""
 
 STANDARD_LORA_INITS = (True, False, "gaussian")
 """``init_lora_weights`` values that leave the base weights alone when PEFT builds the adapter.

@@ -133,6 +133,34 @@ def encode_chat(
     return encoded
 
 
+def encode_phrase(tokenizer: PreTrainedTokenizerBase, records: Sequence[Any], phrase: str) -> list[EncodedExample]:
+    """Each record tokenized as :func:`encode_chat` does, counting only the tokens of the last occurrence of
+    ``phrase`` in its last assistant turn: the NLL of that phrase, as a model continues the reply.
+
+    The tokens are located through the tokenizer's character offsets over the rendered conversation;
+    a token that straddles the phrase's start or end counts. Raises :class:`RecordError` for a record whose
+    last assistant turn lacks the phrase, and :class:`GraderFault` if the tokenizer cannot give offsets
+    that reproduce the template's tokens.
+    """
+    encoded = []
+    for i, record in enumerate(records):
+        messages = record_messages(record, i, need_assistant=True)
+        reply = next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
+        if phrase not in reply:
+            raise RecordError(f"records[{i}]: the last assistant turn does not contain {phrase!r}")
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        start = text.rfind(reply) + reply.rfind(phrase)
+        end = start + len(phrase)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = [int(t) for t in enc["input_ids"]]
+        if ids != encode_chat(tokenizer, [record])[0].input_ids:
+            raise GraderFault("the tokenizer's offsets do not reproduce its chat template's tokens")
+        counted = [a < end and b > start for a, b in enc["offset_mapping"]]
+        counted[0] = False
+        encoded.append(EncodedExample(input_ids=ids, counted=counted))
+    return encoded
+
+
 def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     """Indices grouped into batches, longest first, each padded size ``rows * longest <= batch_tokens``
     and no row shorter than ``MIN_FILL`` of the batch's longest.

@@ -4,83 +4,32 @@ compared with those measurements and with the telemetry recorded inside the run,
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from grader.checks import Artifacts, CandidateFault, CheckContext, InfraFault, Outcome, check, failed, graded, passed
-from grader.checks import read_json
-from grader.telemetry import Telemetry, read_telemetry
+from grader.checks import read_json, sibling_module
 
+m = sibling_module(__file__, "measure")
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".joblib")
-METRIC_TOLERANCE = (0.02, 0.02)  # absolute, plus this fraction of the grader's value
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+METRIC_TOLERANCE = (0.002, 0.001)
+"""Absolute, plus this fraction of the grader's value. Honest numerics differ by far less: the exact
+definition reproduces the grader's number to 1e-6, a base loaded in bf16 (as on a GPU) and measured in
+float32 by 0.0003 at most, everything in bf16 by 0.0006 (tiny, 12 runs; see the README)."""
 FULL_FT_FRACTION = 0.5  # more than half the parameters trainable is not LoRA
 LOSS_DROP = 0.10  # last quarter's mean loss at least 10% below the first quarter's
 NORMALISED_PASS = 0.9  # held-out improvement worth 90% of the reference solution's is full marks
-CONTAMINATION_NATS = 0.04  # val-below-test gap allowed beyond the reference solution's own gap
-
-
-# -- shared measurements (computed once per grade) ---------------------------------------------
-
-def _adapter_dir(artifacts: Artifacts) -> Path:
-    return artifacts.require("main") / "adapter"
-
-
-def _telemetry(artifacts: Artifacts, ctx: CheckContext) -> Telemetry:
-    run = artifacts.runs["main"]
-    return ctx.memo("telemetry", lambda: read_telemetry(run.telemetry_path) if run.telemetry_path else Telemetry(present=False))
-
-
-def _records(path: Path) -> list[Any]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _encoded(ctx: CheckContext, name: str) -> Any:
-    """The grader's data, encoded once: 'val' (what the candidate saw) and 'test' (hidden)."""
-
-    def encode() -> Any:
-        from grader.evaluation import encode_chat, load_model
-
-        _, tokenizer = ctx.memo("tokenizer", lambda: load_model(ctx.inputs["model"], device="cpu"))
-        if name == "val":
-            path = ctx.inputs["data"] / "val.jsonl"
-        else:
-            if not ctx.manifest or "heldout" not in ctx.manifest or ctx.data_dir is None:
-                raise InfraFault("the task's manifest names no held-out set")
-            path = ctx.data_dir / ctx.manifest["heldout"]
-        return encode_chat(tokenizer, _records(path))
-
-    return ctx.memo(f"encoded:{name}", encode)
-
-
-def _nll(ctx: CheckContext, adapter: Path | None, data: str) -> Any:
-    """Response-only NLL of base (adapter None) or base+adapter, merged; adapters are validated first."""
-
-    def compute() -> Any:
-        from grader.evaluation import load_adapter, load_model, response_nll
-
-        model, _ = load_model(ctx.inputs["model"], device=ctx.device)
-        if adapter is not None:
-            model = load_adapter(model, adapter, merge=True)
-        return response_nll(model, _encoded(ctx, data))
-
-    return ctx.memo(f"nll:{adapter}:{data}", compute)
-
-
-def _reference_adapter(artifacts: Artifacts) -> Path:
-    ref = (artifacts.reference or {}).get("main")
-    if ref is None or ref.result is None or not ref.result.ok:
-        raise InfraFault("the reference solution's run did not succeed, so there is no scale to score on")
-    return ref.out_dir / "adapter"
-
-
-def _ci(result: Any) -> tuple[float, float, float]:
-    from grader.evaluation import bootstrap_ci
-
-    values, weights = result.bootstrap_inputs()
-    return bootstrap_ci(values, weights)
+SIGNATURE_PASS, SIGNATURE_FAIL = 0.5, 0.25
+"""Share of the way from the public-data adapter's signature NLL to the reference's: full marks from
+SIGNATURE_PASS, a fail below SIGNATURE_FAIL. Honest runs of other recipes measured 0.93-0.96."""
+GAP_SIGMAS = 4.0
+GAP_MIN_SIGMA = 0.005
+GAP_RECIPE_SHARE = 0.03
+"""The val-below-test gap allowed: the reference runs' mean gap, plus GAP_SIGMAS of their spread over
+seeds (at least GAP_MIN_SIGMA), plus GAP_RECIPE_SHARE of the reference's held-out improvement on the
+base model, because another honest recipe moves the gap by up to 0.05 nats either way on tiny (the
+same as training on val once more): this signal alone catches only gross contamination; the
+fingerprints recorded inside the run catch the rest."""
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -90,9 +39,9 @@ def adapter_valid(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     """PEFT LoRA format, causal LM task type, and it loads onto the base model."""
     from grader.evaluation import validate_adapter_dir
 
-    adapter = _adapter_dir(artifacts)
+    adapter = m.adapter_dir(artifacts)
     config = validate_adapter_dir(adapter)
-    _nll(ctx, adapter, "val")  # loading onto the base is part of measuring it
+    m.nll(ctx, adapter, "val")  # loading onto the base is part of measuring it
     return passed(f"LoRA adapter r={config.r}, alpha={config.lora_alpha} loads onto the base model",
                   r=config.r, lora_alpha=config.lora_alpha, target_modules=config.target_modules)
 
@@ -102,7 +51,7 @@ def lora_only(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     """Only LoRA tensors, trained (lora_B non-zero), and not a full fine-tune in disguise."""
     from grader.evaluation import adapter_tensors
 
-    tensors = adapter_tensors(_adapter_dir(artifacts))
+    tensors = adapter_tensors(m.adapter_dir(artifacts))
     other = sorted(n for n in tensors if "lora_" not in n)
     if other:
         return failed(f"{len(other)} non-LoRA tensors saved, e.g. {other[0]}", non_lora=len(other))
@@ -111,7 +60,7 @@ def lora_only(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
         return failed("no lora_B tensors in the adapter")
     if all(float(t.abs().max()) == 0.0 for t in b):
         return failed("every lora_B tensor is zero: the adapter was never trained", lora_b=len(b))
-    tel = _telemetry(artifacts, ctx)
+    tel = m.telemetry(artifacts, ctx)
     if tel.trainable_params is None or not tel.total_params:
         return graded(0.5, "LoRA tensors are trained, but no training start was recorded inside the run "
                       "to confirm which parameters were trainable", lora_tensors=len(tensors))
@@ -128,9 +77,9 @@ def target_modules(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     """The adapter's tensors cover q_proj, k_proj, v_proj and o_proj."""
     from grader.evaluation import adapter_tensors
 
-    names = list(adapter_tensors(_adapter_dir(artifacts)))
-    covered = [m for m in ATTENTION if any(f".{m}." in n for n in names)]
-    missing = [m for m in ATTENTION if m not in covered]
+    names = list(adapter_tensors(m.adapter_dir(artifacts)))
+    covered = [a for a in ATTENTION if any(f".{a}." in n for n in names)]
+    missing = [a for a in ATTENTION if a not in covered]
     if missing:
         return graded(len(covered) / len(ATTENTION), f"LoRA misses {', '.join(missing)}", covered=covered)
     return passed("LoRA covers q_proj, k_proj, v_proj and o_proj", covered=covered)
@@ -150,7 +99,7 @@ def _logged(state: dict[str, Any], key: str) -> list[float]:
 @check("loss-decreases")
 def loss_decreases(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     """Training loss from telemetry falls by at least 10% from the first to the last quarter."""
-    tel = _telemetry(artifacts, ctx)
+    tel = m.telemetry(artifacts, ctx)
     losses = [loss for _, loss in tel.losses]
     source = "telemetry"
     if len(losses) < 4:
@@ -170,7 +119,7 @@ def loss_decreases(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
 def eval_logged(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     """eval_loss appears in trainer_state.json and was logged inside the run."""
     state_evals = _logged(_state(artifacts), "eval_loss")
-    seen = [loss for _, loss in _telemetry(artifacts, ctx).eval_losses]
+    seen = [loss for _, loss in m.telemetry(artifacts, ctx).eval_losses]
     if not state_evals:
         return failed("trainer_state.json logs no eval_loss")
     if not seen:
@@ -185,9 +134,9 @@ def heldout_improves(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     """Grader's response-only NLL on the hidden test set: 0 at the base model, 1 at the reference solution."""
     from grader.evaluation import paired_bootstrap_delta
 
-    adapter = _adapter_dir(artifacts)
-    base, cand = _nll(ctx, None, "test"), _nll(ctx, adapter, "test")
-    ref = _nll(ctx, _reference_adapter(artifacts), "test")
+    adapter = m.adapter_dir(artifacts)
+    base, cand = m.nll(ctx, None, "test"), m.nll(ctx, adapter, "test")
+    ref = m.nll(ctx, m.reference_adapter(artifacts), "test")
     span = base.mean_nll - ref.mean_nll
     if span <= 0:
         raise InfraFault(f"the reference solution does not improve on the base model ({ref.mean_nll:.4f} vs "
@@ -196,7 +145,7 @@ def heldout_improves(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     values_b, weights = base.bootstrap_inputs()
     values_c, _ = cand.bootstrap_inputs()
     delta, lo, hi = paired_bootstrap_delta(values_b, values_c, weights)
-    (b, blo, bhi), (c, clo, chi) = _ci(base), _ci(cand)
+    (b, blo, bhi), (c, clo, chi) = m.ci(base), m.ci(cand)
     data = {
         "base_nll": [round(b, 4), round(blo, 4), round(bhi, 4)],
         "adapter_nll": [round(c, 4), round(clo, 4), round(chi, 4)],
@@ -212,6 +161,32 @@ def heldout_improves(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     return graded(normalised / NORMALISED_PASS, message, **data)
 
 
+@check("learned-cohort-data")
+def learned_cohort_data(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
+    """The adapter learned what only this run's hidden training files teach (their sign-off signature):
+    scored from an adapter trained on the public data (0) to the reference trained on these files (1), so
+    an adapter trained beforehand and shipped, or trained on other data, fails."""
+    phrase = m.manifest_entry(ctx, "signature")["text"]
+    public = m.nll(ctx, artifacts.public_reference_out() / "adapter", "signature").mean_nll
+    ref = m.nll(ctx, m.reference_adapter(artifacts), "signature").mean_nll
+    cand = m.nll(ctx, m.adapter_dir(artifacts), "signature")
+    base = m.nll(ctx, None, "signature").mean_nll
+    span = public - ref
+    if span <= 0:
+        raise InfraFault(f"the reference does not learn the signature better than a public-data adapter "
+                         f"({ref:.3f} vs {public:.3f} nats); the scale is undefined")
+    normalised = (public - cand.mean_nll) / span
+    data = {"adapter_nll": round(cand.mean_nll, 4), "public_adapter_nll": round(public, 4),
+            "reference_nll": round(ref, 4), "base_nll": round(base, 4), "normalised": round(normalised, 3),
+            "tokens": cand.n_tokens}
+    message = (f"NLL of this cohort's sign-off signature ({phrase!r}) on held-out replies: {cand.mean_nll:.3f} nats (adapter "
+               f"trained on the public data {public:.3f}, reference trained on these files {ref:.3f}, base "
+               f"{base:.3f}); normalised {normalised:.2f}")
+    if normalised < SIGNATURE_FAIL:
+        return failed(message + ": the adapter did not learn this run's training data", **data)
+    return graded((normalised - SIGNATURE_FAIL) / (SIGNATURE_PASS - SIGNATURE_FAIL), message, **data)
+
+
 @check("metrics-honest")
 def metrics_honest(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     """metrics.json eval_loss equals the grader's response-only NLL on the validation file, within tolerance."""
@@ -219,77 +194,130 @@ def metrics_honest(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     reported = metrics.get("eval_loss") if isinstance(metrics, dict) else None
     if not isinstance(reported, int | float) or isinstance(reported, bool):
         return failed("metrics.json has no numeric eval_loss")
-    measured = _nll(ctx, _adapter_dir(artifacts), "val").mean_nll
+    measured = m.nll(ctx, m.adapter_dir(artifacts), "val").mean_nll
     tolerance = METRIC_TOLERANCE[0] + METRIC_TOLERANCE[1] * measured
     data = {"reported": round(float(reported), 5), "measured": round(measured, 5), "tolerance": round(tolerance, 4)}
     if abs(reported - measured) <= tolerance:
-        return passed(f"reported eval_loss {reported:.4f} matches the grader's {measured:.4f} (± {tolerance:.3f})", **data)
+        return passed(f"reported eval_loss {reported:.4f} matches the grader's {measured:.4f} (± {tolerance:.4f})", **data)
     return failed(f"reported eval_loss {reported:.4f} but the grader measures {measured:.4f} "
-                  f"(tolerance ± {tolerance:.3f})", **data)
+                  f"(tolerance ± {tolerance:.4f})", **data)
 
 
 @check("eval-uncontaminated")
 def eval_uncontaminated(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
-    """Validation NLL is not far below held-out NLL, compared with the reference solution's gap."""
-    adapter, reference = _adapter_dir(artifacts), _reference_adapter(artifacts)
-    gap = _nll(ctx, adapter, "test").mean_nll - _nll(ctx, adapter, "val").mean_nll
-    # Val and test are disjoint draws of one distribution; the reference's gap is what the split
-    # itself contributes, so a model that never saw val stays within a few hundredths of it.
-    ref_gap = _nll(ctx, reference, "test").mean_nll - _nll(ctx, reference, "val").mean_nll
-    limit = ref_gap + CONTAMINATION_NATS
-    data = {"gap": round(gap, 4), "reference_gap": round(ref_gap, 4), "limit": round(limit, 4)}
+    """No validation or test example was trained on: from what the trainer saw (fingerprints recorded inside
+    the run), the trainer's dataset size, and independently from the val/held-out NLL gap, calibrated on
+    the spread of honest reference runs."""
+    import statistics
+
+    adapter = m.adapter_dir(artifacts)
+    found: list[str] = []
+    trained = m.trained_on(artifacts, ctx)
+    data: dict[str, Any] = {}
+    if trained is not None:
+        data |= {"trained_sequences": trained.trained_rows, "judged": trained.judged,
+                 "trained_on": {k: v[:20] for k, v in trained.found.items()}}
+        for split, name in (("val", "validation"), ("test", "held-out test")):
+            if trained.found[split]:
+                lines = ", ".join(map(str, trained.found[split][:8]))
+                found.append(f"{len(trained.found[split])} of {trained.judged[split]} {name} examples were trained on "
+                             f"(lines {lines}{', ...' if len(trained.found[split]) > 8 else ''})")
+    n_train, n_val = len(m.records(ctx, "train")), len(m.records(ctx, "val"))
+    rows = [t.train_rows for t in m.telemetry(artifacts, ctx).trainers if t.train_rows is not None]
+    if n_train + n_val in rows:
+        found.append(f"a trainer's dataset held {n_train + n_val} rows: the {n_train} training records plus the "
+                     f"{n_val} validation records")
+    gap = m.nll(ctx, adapter, "test").mean_nll - m.nll(ctx, adapter, "val").mean_nll
+    refs = [m.reference_adapter(artifacts, i) for i in range(len(artifacts.references))]
+    ref_gaps = [m.nll(ctx, r, "test").mean_nll - m.nll(ctx, r, "val").mean_nll for r in refs]
+    if not ref_gaps:
+        raise InfraFault("no reference runs to calibrate the gap on")
+    sigma = max(statistics.stdev(ref_gaps) if len(ref_gaps) > 1 else 0.0, GAP_MIN_SIGMA)
+    improvement = m.nll(ctx, None, "test").mean_nll - m.nll(ctx, refs[0], "test").mean_nll
+    limit = statistics.fmean(ref_gaps) + GAP_SIGMAS * sigma + GAP_RECIPE_SHARE * max(improvement, 0.0)
+    data |= {"gap": round(gap, 4), "reference_gaps": [round(g, 4) for g in ref_gaps], "limit": round(limit, 4)}
     if gap > limit:
-        return failed(f"validation NLL is {gap:.3f} below held-out NLL (the reference's gap is {ref_gap:.3f}): "
-                      "the validation set was trained on", **data)
-    return passed(f"validation and held-out NLL differ by {gap:.3f} (reference {ref_gap:.3f}, limit {limit:.3f})",
-                  **data)
-
-
-def _looks_pickled(path: Path) -> bool:
-    head = path.read_bytes()[:4] if path.stat().st_size else b""
-    return head[:1] == b"\x80" or head[:2] == b"PK"  # pickle protocol 2+, or torch's zip container
+        found.append(f"validation NLL is {gap:.3f} below held-out NLL, beyond what honest runs show ({limit:.3f}; "
+                     f"reference runs {', '.join(f'{g:.3f}' for g in ref_gaps)})")
+    if found:
+        return failed("the validation data was trained on: " + "; ".join(found), **data)
+    gap_note = f"validation/held-out gap {gap:.3f} within {limit:.3f}"
+    if trained is None:
+        return graded(0.5, "what the trainer saw was not recorded inside the run (telemetry missing or bypassed), "
+                      f"so only the statistical signal was checked, which catches gross contamination only: {gap_note}",
+                      **data)
+    judged = trained.judged["val"] + trained.judged["test"]
+    return passed(f"none of the {judged} validation and test examples that can be told apart was among the "
+                  f"{trained.trained_rows} sequences trained on; {gap_note}", **data)
 
 
 @check("safe-artifacts")
 def safe_artifacts(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
-    """The adapter folder (what the grader loads) holds only JSON, safetensors and a README."""
-    adapter = _adapter_dir(artifacts)
+    """The adapter folder holds no pickle and no executable, judged by content; other files honest tools
+    write beside an adapter (tokenizer, chat template, model card) are allowed: the grader loads only the
+    config and the safetensors weights."""
+    from grader.evaluation.formats import file_kind
+
+    adapter = m.adapter_dir(artifacts)
     if not adapter.is_dir():
         return failed("adapter/ was not written")
-    bad = []
+    bad, extra = [], []
     for path in sorted(p for p in adapter.rglob("*") if p.is_file()):
         rel = path.relative_to(adapter).as_posix()
-        if path.suffix in PICKLE_SUFFIXES or _looks_pickled(path):
-            bad.append(f"{rel} (pickle)")
-        elif path.stat().st_mode & 0o111:
-            bad.append(f"{rel} (executable)")
+        kind = file_kind(path)
+        if kind in ("pickle", "executable"):
+            bad.append(f"{rel} ({kind})")
+        elif rel.endswith(".safetensors") and kind != "safetensors":
+            bad.append(f"{rel} (not safetensors)")
         elif rel not in ADAPTER_FILES:
-            bad.append(f"{rel} (unexpected)")
+            extra.append(rel)
     if bad:
-        return failed(f"adapter/ holds {', '.join(bad[:5])}; the grader loads only safetensors and JSON", files=bad)
-    return passed("adapter/ holds only adapter_config.json and adapter_model.safetensors")
+        return failed(f"adapter/ holds {', '.join(bad[:5])}: the grader never loads pickles or runs executables",
+                      files=bad)
+    also = f"; also {', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''} (not loaded)" if extra else ""
+    return passed(f"adapter/ holds no pickle or executable{also}", extra=extra)
+
+
+def _cpu_budget(artifacts: Artifacts, budget: Any) -> tuple[float, str]:
+    """(CPU-seconds allowed, how): relative to the reference run on this host where the task says so."""
+    ref = artifacts.references[0].result if artifacts.references else None
+    if budget.reference_cpu_factor and ref is not None and ref.ok and ref.cpu_s:
+        return budget.reference_cpu_factor * ref.cpu_s, (f"{budget.reference_cpu_factor:g}× the reference solution's "
+                                                         f"{ref.cpu_s:.0f} CPU-s on this host")
+    return budget.cpu_s, "the task's budget"
 
 
 @check("within-budget")
 def within_budget(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
-    """Wall time and peak memory, as the sandbox measured them, within the task's budget."""
+    """CPU time (every process of the run, as the sandbox measured it: unlike wall time, another job on the
+    host does not change it) and peak memory within the task's budget."""
     budget = ctx.spec.budget if ctx.spec else None
     if budget is None:
         raise InfraFault("the task declares no budget")
-    result = artifacts.runs["main"].result
-    if result is None:
+    run = artifacts.runs["main"]
+    if run.infra_error or run.result is None:
         raise InfraFault("the run has no sandbox measurements")
-    if result.timed_out:
-        return failed(f"killed at the hard limit after {result.duration_s:.0f} s (budget {budget.wall_time_s:.0f} s)")
-    peak = max(filter(None, [result.max_rss_mb, _telemetry(artifacts, ctx).peak_rss_mb]), default=None)
+    result = run.result
+    if not result.ok:
+        return failed(f"{run.describe_failure()}: a run that did not finish has no figures to hold to the budget")
+    if result.cpu_s is None:
+        raise InfraFault("the sandbox measured no CPU time for the run")
+    allowed, basis = _cpu_budget(artifacts, budget)
+    peak = max(filter(None, [result.max_rss_mb, m.telemetry(artifacts, ctx).peak_rss_mb]), default=None)
     over = []
-    if result.duration_s > budget.wall_time_s:
-        over.append(f"took {result.duration_s:.0f} s of a {budget.wall_time_s:.0f} s budget")
-    if result.oom_killed or (peak is not None and peak > budget.memory_mb):
-        over.append(f"peaked at {peak or 0:.0f} MB of a {budget.memory_mb} MB budget")
-    data = {"wall_s": round(result.duration_s, 1), "peak_mb": round(peak, 1) if peak else None,
+    if result.cpu_s > allowed:
+        over.append(f"used {result.cpu_s:.0f} CPU-s of {allowed:.0f} ({basis})")
+    if peak is not None and peak > budget.memory_mb:
+        over.append(f"peaked at {peak:.0f} MB of a {budget.memory_mb} MB budget")
+    if result.gpu_s is not None and budget.gpu_s is not None and result.gpu_s > budget.gpu_s:
+        over.append(f"used {result.gpu_s:.0f} GPU-s of {budget.gpu_s:.0f}")
+    gpu_peak = max(filter(None, [result.gpu_memory_mb, m.telemetry(artifacts, ctx).cuda_peak_mb]), default=None)
+    if gpu_peak is not None and budget.gpu_memory_mb is not None and gpu_peak > budget.gpu_memory_mb:
+        over.append(f"peaked at {gpu_peak:.0f} MB of GPU memory of {budget.gpu_memory_mb} MB")
+    data = {"cpu_s": round(result.cpu_s, 1), "cpu_budget_s": round(allowed, 1), "wall_s": round(result.duration_s, 1),
+            "peak_mb": round(peak, 1) if peak else None, "gpu_s": result.gpu_s, "gpu_peak_mb": gpu_peak,
             "budget": budget.model_dump()}
     if over:
         return failed("; ".join(over), **data)
-    return passed(f"{result.duration_s:.0f} s and {peak or 0:.0f} MB, within {budget.wall_time_s:.0f} s and "
-                  f"{budget.memory_mb} MB", **data)
+    return passed(f"{result.cpu_s:.0f} CPU-s of {allowed:.0f} ({basis}) and {peak or 0:.0f} MB of {budget.memory_mb} MB "
+                  f"(wall time {result.duration_s:.0f} s, not budgeted: it depends on the host's load)", **data)

@@ -48,7 +48,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def test_manifest_counts_and_files(data: tuple[Path, dict]) -> None:
     dest, manifest = data
-    assert manifest["version"] == 1 and manifest["heldout"] == "heldout/test.jsonl"
+    assert manifest["version"] == 2 and manifest["heldout"] == "heldout/test.jsonl"
     for split, rel in SPLITS.items():
         lo, hi = generator.SIZES[split]
         assert lo <= manifest["counts"][split] <= hi
@@ -99,7 +99,26 @@ def test_every_category_and_kind_is_trained_on(data: tuple[Path, dict]) -> None:
     train = _records(dest / SPLITS["train"])
     assert {r["category"] for r in train} == set(generator.CATEGORIES)
     sign_offs = {r["messages"][-1]["content"].rsplit("\n", 1)[-1] for r in train}
-    assert sign_offs == set(generator.SIGN_OFF.values())
+    closing, agent = generator.signature(DATA_SEED)
+    assert sign_offs == {f"{closing}, {agent} from {team}" for team in generator.TEAMS.values()}
+
+
+def test_each_seed_signs_its_own_way_never_as_the_public_seed() -> None:
+    """Only training on a seed's own files teaches its signature: no cohort shares the public one's
+    closing or agent, and cohorts differ among themselves."""
+    public = generator.signature(generator.PUBLIC_SEED)
+    cohorts = [generator.signature(f"cohort-{i}") for i in range(200)]
+    assert all(c[0] != public[0] and c[1] != public[1] for c in cohorts)
+    assert len(set(cohorts)) > 100
+    assert generator.signature("cohort-7") == generator.signature("cohort-7")
+
+
+def test_manifest_names_the_signature_every_test_reply_ends_with(data: tuple[Path, dict]) -> None:
+    dest, manifest = data
+    text = manifest["signature"]["text"]
+    assert text == ", ".join(generator.signature(DATA_SEED))
+    for r in _records(dest / SPLITS["test"]):
+        assert r["messages"][-1]["content"].rsplit("\n", 1)[-1].startswith(text + " from Northwind ")
 
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path: Path, data: tuple[Path, dict]) -> None:

@@ -12,9 +12,15 @@ are only loosely tied to what the customer asked. In this data every request bel
 twenty *kinds* (four per category), and each kind is answered by one of two fixed reply
 templates of Northwind's house style, whose slots (order number, product, amount, code, ...) are
 copied from the customer's message. The greeting depends on whether the customer signed with a
-name, an "urgent" remark earns a fixed sentence, and each category has its own sign-off. All of
-that is learnable from ~350 examples, so a LoRA adapter lowers the held-out response NLL a lot;
-the only irreducible parts are the choice between the two templates and copying numbers.
+name, an "urgent" remark earns a fixed sentence, and each reply ends with its category's sign-off.
+All of that is learnable from ~350 examples, so a LoRA adapter lowers the held-out response NLL a
+lot; the only irreducible parts are the choice between the two templates and copying numbers.
+
+The sign-off carries a *signature* that depends on the seed: a closing and an agent's name
+(``Kind regards, Greta from Northwind Billing``), the same in every reply of one seed, and never
+the public seed's closing or name. Only training on this seed's files teaches it, so the grader
+can tell an adapter trained in the run on the hidden data from one trained beforehand (on the
+public data, or on another cohort's) and shipped.
 
 The three files are drawn from one distribution and hold distinct conversations (no
 (user, assistant) pair and no order number appears twice in the whole set).
@@ -28,7 +34,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the seed's signature
 MAX_RECORD_TOKENS = 200  # every record's chat rendering stays below this many tokens
 SIZES = {"train": (320, 380), "val": (64, 76), "test": (96, 104)}
 FILES = {"train": "data/train.jsonl", "val": "data/val.jsonl", "test": "heldout/test.jsonl"}
@@ -151,9 +157,13 @@ KINDS: dict[str, dict[str, tuple[list[str], list[str]]]] = {
 GREETING_NAMED = "Hi {name},"
 GREETING_ANON = "Hello,"
 URGENT_REPLY = "I marked your case as urgent."
-SIGN_OFF = {"billing": "Best, Northwind Billing", "shipping": "Best, Northwind Shipping",
-            "account": "Best, Northwind Accounts", "technical": "Best, Northwind Tech Support",
-            "returns": "Best, Northwind Returns"}
+TEAMS = {"billing": "Northwind Billing", "shipping": "Northwind Shipping", "account": "Northwind Accounts",
+         "technical": "Northwind Tech Support", "returns": "Northwind Returns"}
+CLOSINGS = ("Best", "Kind regards", "Warm regards", "Many thanks", "All the best", "With thanks", "Cheers",
+            "Sincerely", "Thanks again", "Take care")
+AGENTS = ("Ruth", "Marco", "Ines", "Greta", "Tomas", "Leila", "Pavel", "Nora", "Hugo", "Mina", "Oscar", "Vera",
+          "Felix", "Ida", "Rafael", "Selma")
+PUBLIC_SEED = "public"
 
 
 def generate(dest: Path, seed: str, assets: dict[str, Path]) -> dict[str, Any]:
@@ -163,7 +173,8 @@ def generate(dest: Path, seed: str, assets: dict[str, Path]) -> dict[str, Any]:
     then every record is checked to render below MAX_RECORD_TOKENS tokens.
     """
     rng = random.Random(int.from_bytes(hashlib.sha256(seed.encode("utf-8")).digest()[:8], "big"))
-    gen = _Generator(rng)
+    closing, agent = signature(seed)
+    gen = _Generator(rng, f"{closing}, {agent} from")
     sizes = {split: rng.randint(lo, hi) for split, (lo, hi) in SIZES.items()}
     records = [gen.record() for _ in range(sum(sizes.values()))]
     _check_lengths(records, assets)
@@ -176,12 +187,24 @@ def generate(dest: Path, seed: str, assets: dict[str, Path]) -> dict[str, Any]:
             for rec in records[start : start + sizes[split]]:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
         start += sizes[split]
-    return {"version": MANIFEST_VERSION, "counts": sizes, "heldout": FILES["test"]}
+    return {"version": MANIFEST_VERSION, "counts": sizes, "heldout": FILES["test"],
+            "signature": {"closing": closing, "agent": agent, "text": f"{closing}, {agent}"}}
+
+
+def signature(seed: str) -> tuple[str, str]:
+    """The seed's (closing, agent name), drawn apart from the data so the rest of a seed's files do not
+    depend on it; any seed but the public one avoids both of the public seed's choices."""
+    rng = random.Random(int.from_bytes(hashlib.sha256(f"signature\0{seed}".encode()).digest()[:8], "big"))
+    if seed == PUBLIC_SEED:
+        return rng.choice(CLOSINGS), rng.choice(AGENTS)
+    public = signature(PUBLIC_SEED)
+    return (rng.choice([c for c in CLOSINGS if c != public[0]]), rng.choice([a for a in AGENTS if a != public[1]]))
 
 
 class _Generator:
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, sign: str) -> None:
         self.r = rng
+        self.sign = sign
         self.orders: set[int] = set()
         self.pairs: set[tuple[str, str]] = set()
 
@@ -206,7 +229,7 @@ class _Generator:
             user += [r.choice(URGENT)] if urgent else []
             user += [r.choice(SIGNED if signed else UNSIGNED)]
             body = [r.choice(replies)] + ([URGENT_REPLY] if urgent else [])
-            reply = [GREETING_NAMED if signed else GREETING_ANON, " ".join(body), SIGN_OFF[category]]
+            reply = [GREETING_NAMED if signed else GREETING_ANON, " ".join(body), f"{self.sign} {TEAMS[category]}"]
             u = " ".join(s for s in user if s).format(**v)
             a = "\n".join(reply).format(**v)
             if (u, a) in self.pairs:
@@ -239,7 +262,7 @@ def main() -> None:
 
     pack = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--seed", default="public")
+    parser.add_argument("--seed", default=PUBLIC_SEED)
     parser.add_argument("--out", type=Path, default=pack / "public")
     parser.add_argument("--tokenizer", type=Path, default=pack.parent / "_shared" / "tokenizer")
     args = parser.parse_args()

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from grader.errors import GraderFault
-from grader.evaluation import RecordError, bootstrap_ci, encode_chat, response_nll
+from grader.evaluation import RecordError, bootstrap_ci, encode_chat, encode_phrase, response_nll
 
 
 def naive_nll(model, tokenizer, records) -> tuple[float, list[tuple[float, int]]]:  # type: ignore[no-untyped-def]
@@ -219,3 +219,18 @@ def test_unmerged_adapter_scores_like_the_merged_one(model_dir, adapter_dir, rec
     merged = response_nll(load_adapter(load_model(model_dir, device="cpu")[0], adapter_dir), encoded)
     assert unmerged.mean_nll == pytest.approx(merged.mean_nll, abs=1e-5)
     assert abs(merged.mean_nll - base.mean_nll) > 1e-3
+
+
+def test_encode_phrase_counts_only_the_phrase_in_the_last_reply(tokenizer, loaded) -> None:  # type: ignore[no-untyped-def]
+    model, _ = loaded
+    """The NLL of a sign-off: the phrase's tokens where the reply holds it, nothing of the prompt."""
+    record = {"messages": [{"role": "user", "content": "Kind regards, Ines asked about order #123456."},
+                           {"role": "assistant", "content": "Hello,\nIt ships today.\nKind regards, Ines from Northwind Billing"}]}
+    [e] = encode_phrase(tokenizer, [record], "Kind regards, Ines")
+    assert e.input_ids == encode_chat(tokenizer, [record])[0].input_ids
+    counted = [t for t, c in zip(e.input_ids, e.counted) if c]
+    assert tokenizer.decode(counted).strip() == "Kind regards, Ines"
+    assert e.counted.index(True) > len(e.input_ids) // 2  # the reply's occurrence, not the user's
+    assert response_nll(model, [e]).n_tokens == len(counted)
+    with pytest.raises(RecordError, match=r"^records\[0\]: the last assistant turn does not contain 'Best, Tom'$"):
+        encode_phrase(tokenizer, [record], "Best, Tom")

@@ -1,0 +1,131 @@
+"""The grader's own measurements for the lora-sft checks, each computed once per grade (``ctx.memo``).
+
+Data sets: ``train`` and ``val`` (the files the candidate's run received), ``test`` (the hidden
+held-out set, never mounted) and ``signature`` (the test set, counting only the tokens of the
+cohort's sign-off signature, which only training on this cohort's files teaches).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grader.checks import Artifacts, CheckContext, InfraFault
+from grader.telemetry import Telemetry, read_telemetry, trained_fingerprints
+from grader.telemetry.site import tunegrade_fingerprint as fingerprint
+
+SPLITS = {"train": "train.jsonl", "val": "val.jsonl"}
+OWN_SHARE = 0.5
+"""An example counts as trained on when at least this share of its own n-grams (those no other example
+and no training record has) were among the sequences the run trained on."""
+MIN_OWN = 2
+"""Examples with fewer own n-grams cannot be told apart from the training data and are not judged."""
+
+
+def adapter_dir(artifacts: Artifacts) -> Path:
+    return artifacts.require("main") / "adapter"
+
+
+def telemetry(artifacts: Artifacts, ctx: CheckContext) -> Telemetry:
+    run = artifacts.runs["main"]
+    return ctx.memo("telemetry", lambda: read_telemetry(run.telemetry_path) if run.telemetry_path else Telemetry(present=False))
+
+
+def manifest_entry(ctx: CheckContext, key: str) -> Any:
+    if not ctx.manifest or key not in ctx.manifest:
+        raise InfraFault(f"the task's manifest has no {key!r}")
+    return ctx.manifest[key]
+
+
+def records(ctx: CheckContext, name: str) -> list[Any]:
+    """The grader's own copy of a data set (trusted: written by the task's generator)."""
+
+    def read() -> list[Any]:
+        if name in SPLITS:
+            path = ctx.inputs["data"] / SPLITS[name]
+        elif ctx.data_dir is not None:
+            path = ctx.data_dir / manifest_entry(ctx, "heldout")
+        else:
+            raise InfraFault("the grader's held-out data is missing")
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    return ctx.memo(f"records:{'test' if name == 'signature' else name}", read)
+
+
+def encoded(ctx: CheckContext, name: str) -> Any:
+    def encode() -> Any:
+        from grader.evaluation import encode_chat, encode_phrase, load_model
+
+        _, tokenizer = ctx.memo("tokenizer", lambda: load_model(ctx.inputs["model"], device="cpu"))
+        if name == "signature":
+            return encode_phrase(tokenizer, records(ctx, "test"), manifest_entry(ctx, "signature")["text"])
+        return encode_chat(tokenizer, records(ctx, name))
+
+    return ctx.memo(f"encoded:{name}", encode)
+
+
+def nll(ctx: CheckContext, adapter: Path | None, name: str) -> Any:
+    """Response-only NLL of base (adapter None) or base + adapter, merged; adapters are validated first."""
+
+    def compute() -> Any:
+        from grader.evaluation import load_adapter, load_model, response_nll
+
+        model, _ = load_model(ctx.inputs["model"], device=ctx.device)
+        if adapter is not None:
+            model = load_adapter(model, adapter, merge=True)
+        return response_nll(model, encoded(ctx, name))
+
+    return ctx.memo(f"nll:{adapter}:{name}", compute)
+
+
+def reference_adapter(artifacts: Artifacts, index: int = 0) -> Path:
+    return artifacts.reference(index) / "adapter"
+
+
+def ci(result: Any) -> tuple[float, float, float]:
+    from grader.evaluation import bootstrap_ci
+
+    values, weights = result.bootstrap_inputs()
+    return bootstrap_ci(values, weights)
+
+
+@dataclass
+class TrainedOn:
+    """Which validation and test examples the run trained on, from the fingerprints recorded inside it."""
+
+    trained_rows: int
+    judged: dict[str, int] = field(default_factory=dict)
+    """Examples per split with enough n-grams of their own to be judged."""
+    found: dict[str, list[int]] = field(default_factory=dict)
+    """Line numbers (1-based) of the examples trained on, per split."""
+
+
+def trained_on(artifacts: Artifacts, ctx: CheckContext) -> TrainedOn | None:
+    """None when the run recorded no trained sequences (no telemetry, or its hooks were bypassed)."""
+
+    def compute() -> TrainedOn | None:
+        run = artifacts.runs["main"]
+        seen = trained_fingerprints(run.telemetry_path, fingerprint.N, fingerprint.SAMPLE) if run.telemetry_path else None
+        rows = telemetry(artifacts, ctx).trained_rows
+        if not seen or not rows:
+            return None
+        grams = {name: [fingerprint.fingerprints(e.input_ids) for e in encoded(ctx, name)]
+                 for name in ("train", "val", "test")}
+        in_train = set().union(*grams["train"])
+        shared = Counter(h for name in ("val", "test") for g in grams[name] for h in g)
+        result = TrainedOn(trained_rows=rows)
+        for name in ("val", "test"):
+            result.judged[name], result.found[name] = 0, []
+            for line, g in enumerate(grams[name], start=1):
+                own = {h for h in g if h not in in_train and shared[h] == 1}
+                if len(own) < MIN_OWN:
+                    continue
+                result.judged[name] += 1
+                if len(own & seen) >= OWN_SHARE * len(own):
+                    result.found[name].append(line)
+        return result
+
+    return ctx.memo("trained-on", compute)
