@@ -8,6 +8,7 @@ from typing import Any
 
 from grader.checks import Artifacts, CandidateFault, CheckContext, InfraFault, Outcome, check, failed, graded, passed
 from grader.checks import read_json, sibling_module
+from grader.checks.library import run_telemetry
 
 m = sibling_module(__file__, "measure")
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -60,7 +61,7 @@ def lora_only(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
         return failed("no lora_B tensors in the adapter")
     if all(float(t.abs().max()) == 0.0 for t in b):
         return failed("every lora_B tensor is zero: the adapter was never trained", lora_b=len(b))
-    tel = m.telemetry(artifacts, ctx)
+    tel = run_telemetry(artifacts, ctx)
     if tel.trainable_params is None or not tel.total_params:
         return graded(0.5, "LoRA tensors are trained, but no training start was recorded inside the run "
                       "to confirm which parameters were trainable", lora_tensors=len(tensors))
@@ -99,7 +100,7 @@ def _logged(state: dict[str, Any], key: str) -> list[float]:
 @check("loss-decreases")
 def loss_decreases(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     """Training loss from telemetry falls by at least 10% from the first to the last quarter."""
-    tel = m.telemetry(artifacts, ctx)
+    tel = run_telemetry(artifacts, ctx)
     losses = [loss for _, loss in tel.losses]
     source = "telemetry"
     if len(losses) < 4:
@@ -119,7 +120,7 @@ def loss_decreases(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
 def eval_logged(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     """eval_loss appears in trainer_state.json and was logged inside the run."""
     state_evals = _logged(_state(artifacts), "eval_loss")
-    seen = [loss for _, loss in m.telemetry(artifacts, ctx).eval_losses]
+    seen = [loss for _, loss in run_telemetry(artifacts, ctx).eval_losses]
     if not state_evals:
         return failed("trainer_state.json logs no eval_loss")
     if not seen:
@@ -223,7 +224,7 @@ def eval_uncontaminated(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
                 found.append(f"{len(trained.found[split])} of {trained.judged[split]} {name} examples were trained on "
                              f"(lines {lines}{', ...' if len(trained.found[split]) > 8 else ''})")
     n_train, n_val = len(m.records(ctx, "train")), len(m.records(ctx, "val"))
-    rows = [t.train_rows for t in m.telemetry(artifacts, ctx).trainers if t.train_rows is not None]
+    rows = [t.train_rows for t in run_telemetry(artifacts, ctx).trainers if t.train_rows is not None]
     if n_train + n_val in rows:
         found.append(f"a trainer's dataset held {n_train + n_val} rows: the {n_train} training records plus the "
                      f"{n_val} validation records")
@@ -276,48 +277,3 @@ def safe_artifacts(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
                       files=bad)
     also = f"; also {', '.join(extra[:6])}{' ...' if len(extra) > 6 else ''} (not loaded)" if extra else ""
     return passed(f"adapter/ holds no pickle or executable{also}", extra=extra)
-
-
-def _cpu_budget(artifacts: Artifacts, budget: Any) -> tuple[float, str]:
-    """(CPU-seconds allowed, how): relative to the reference run on this host where the task says so."""
-    ref = artifacts.references[0].result if artifacts.references else None
-    if budget.reference_cpu_factor and ref is not None and ref.ok and ref.cpu_s:
-        return budget.reference_cpu_factor * ref.cpu_s, (f"{budget.reference_cpu_factor:g}× the reference solution's "
-                                                         f"{ref.cpu_s:.0f} CPU-s on this host")
-    return budget.cpu_s, "the task's budget"
-
-
-@check("within-budget")
-def within_budget(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
-    """CPU time (every process of the run, as the sandbox measured it: unlike wall time, another job on the
-    host does not change it) and peak memory within the task's budget."""
-    budget = ctx.spec.budget if ctx.spec else None
-    if budget is None:
-        raise InfraFault("the task declares no budget")
-    run = artifacts.runs["main"]
-    if run.infra_error or run.result is None:
-        raise InfraFault("the run has no sandbox measurements")
-    result = run.result
-    if not result.ok:
-        return failed(f"{run.describe_failure()}: a run that did not finish has no figures to hold to the budget")
-    if result.cpu_s is None:
-        raise InfraFault("the sandbox measured no CPU time for the run")
-    allowed, basis = _cpu_budget(artifacts, budget)
-    peak = max(filter(None, [result.max_rss_mb, m.telemetry(artifacts, ctx).peak_rss_mb]), default=None)
-    over = []
-    if result.cpu_s > allowed:
-        over.append(f"used {result.cpu_s:.0f} CPU-s of {allowed:.0f} ({basis})")
-    if peak is not None and peak > budget.memory_mb:
-        over.append(f"peaked at {peak:.0f} MB of a {budget.memory_mb} MB budget")
-    if result.gpu_s is not None and budget.gpu_s is not None and result.gpu_s > budget.gpu_s:
-        over.append(f"used {result.gpu_s:.0f} GPU-s of {budget.gpu_s:.0f}")
-    gpu_peak = max(filter(None, [result.gpu_memory_mb, m.telemetry(artifacts, ctx).cuda_peak_mb]), default=None)
-    if gpu_peak is not None and budget.gpu_memory_mb is not None and gpu_peak > budget.gpu_memory_mb:
-        over.append(f"peaked at {gpu_peak:.0f} MB of GPU memory of {budget.gpu_memory_mb} MB")
-    data = {"cpu_s": round(result.cpu_s, 1), "cpu_budget_s": round(allowed, 1), "wall_s": round(result.duration_s, 1),
-            "peak_mb": round(peak, 1) if peak else None, "gpu_s": result.gpu_s, "gpu_peak_mb": gpu_peak,
-            "budget": budget.model_dump()}
-    if over:
-        return failed("; ".join(over), **data)
-    return passed(f"{result.cpu_s:.0f} CPU-s of {allowed:.0f} ({basis}) and {peak or 0:.0f} MB of {budget.memory_mb} MB "
-                  f"(wall time {result.duration_s:.0f} s, not budgeted: it depends on the host's load)", **data)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from grader.checks import Artifacts, CheckContext, InfraFault
-from grader.telemetry import Telemetry, read_telemetry, trained_fingerprints
+from grader.checks.library import run_telemetry
+from grader.telemetry import trained_fingerprints
 from grader.telemetry.site import tunegrade_fingerprint as fingerprint
 
 SPLITS = {"train": "train.jsonl", "val": "val.jsonl"}
@@ -27,11 +28,6 @@ MIN_OWN = 2
 
 def adapter_dir(artifacts: Artifacts) -> Path:
     return artifacts.require("main") / "adapter"
-
-
-def telemetry(artifacts: Artifacts, ctx: CheckContext) -> Telemetry:
-    run = artifacts.runs["main"]
-    return ctx.memo("telemetry", lambda: read_telemetry(run.telemetry_path) if run.telemetry_path else Telemetry(present=False))
 
 
 def manifest_entry(ctx: CheckContext, key: str) -> Any:
@@ -109,7 +105,7 @@ def trained_on(artifacts: Artifacts, ctx: CheckContext) -> TrainedOn | None:
     def compute() -> TrainedOn | None:
         run = artifacts.runs["main"]
         seen = trained_fingerprints(run.telemetry_path, fingerprint.N, fingerprint.SAMPLE) if run.telemetry_path else None
-        rows = telemetry(artifacts, ctx).trained_rows
+        rows = run_telemetry(artifacts, ctx).trained_rows
         if not seen or not rows:
             return None
         grams = {name: [fingerprint.fingerprints(e.input_ids) for e in encoded(ctx, name)]
