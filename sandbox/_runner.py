@@ -19,6 +19,7 @@ from pathlib import Path
 from sandbox.base import SandboxUnavailable
 from sandbox.cgroups import RunCgroup
 from sandbox.limits import STDERR_NAME, STDOUT_NAME
+from sandbox.metering import MEMORY_POLL_S, MemoryPeak
 
 READ_CHUNK = 1 << 16
 PIPE_SIZE = 1 << 20
@@ -109,6 +110,8 @@ class DiskQuota:
 class TreeOutcome:
     wait_status: int
     rusage_maxrss_kb: int
+    """wait4's rusage of the leader (bwrap or the shim), its reaped descendants included."""
+    rusage_cpu_s: float
     timed_out: bool
     duration_s: float
     stdout: CappedSink
@@ -145,8 +148,9 @@ def read_available(fd: int, wait_s: float) -> bytes:
 
 
 def run_tree(launch: Launch, log_dir: Path, cap_bytes: int, wall_time_s: float, cgroup: RunCgroup | None,
-             disk: DiskQuota | None = None) -> TreeOutcome:
-    """Run ``launch`` to completion or timeout; a run over its ``disk`` quota is killed at once.
+             disk: DiskQuota | None = None, memory: MemoryPeak | None = None) -> TreeOutcome:
+    """Run ``launch`` to completion or timeout; a run over its ``disk`` quota is killed at once;
+    ``memory`` is sampled every MEMORY_POLL_S and before the tree is killed.
     Whatever happens (also an exception in the grader, e.g. KeyboardInterrupt), the tree is killed
     and reaped before this returns or raises."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -177,9 +181,9 @@ def run_tree(launch: Launch, log_dir: Path, cap_bytes: int, wall_time_s: float, 
     launch.close_after_spawn.clear()
     pid = proc.pid
     reaped = False
-    status, maxrss = 0, 0
+    status, maxrss, cpu = 0, 0, 0.0
     timed_out = hard_killed = disk_exceeded = False
-    next_disk_poll = start
+    next_disk_poll = next_memory_poll = start
     exit_at: float | None = None
     kill_at = 0.0
     pidfd: int | None = None
@@ -205,6 +209,8 @@ def run_tree(launch: Launch, log_dir: Path, cap_bytes: int, wall_time_s: float, 
                 exit_at = now
                 if pidfd is not None:
                     sel.unregister(pidfd)
+                if memory is not None:
+                    memory.sample()  # the last sample: what the run's leftovers still hold
                 launch.kill(pid)  # nothing may outlive the command (leftover daemons, held pipes)
             if exit_at is not None:
                 if not streams or now - exit_at >= DRAIN_GRACE_S:
@@ -213,9 +219,16 @@ def run_tree(launch: Launch, log_dir: Path, cap_bytes: int, wall_time_s: float, 
             elif not timed_out:
                 if now >= deadline:
                     timed_out, kill_at = True, now
+                    if memory is not None:
+                        memory.sample()
                     launch.terminate(pid)
                     continue
                 wait = deadline - now
+                if memory is not None:
+                    if now >= next_memory_poll:
+                        next_memory_poll = now + MEMORY_POLL_S
+                        memory.sample()
+                    wait = min(wait, next_memory_poll - now)
                 if disk is not None and not disk_exceeded:
                     if now >= next_disk_poll:
                         next_disk_poll = now + DISK_POLL_S
@@ -248,7 +261,7 @@ def run_tree(launch: Launch, log_dir: Path, cap_bytes: int, wall_time_s: float, 
                     del streams[key.fd]
         _, status, rusage = os.wait4(pid, 0)
         reaped = True
-        maxrss = rusage.ru_maxrss
+        maxrss, cpu = rusage.ru_maxrss, rusage.ru_utime + rusage.ru_stime
         proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
         if not reaped:  # the grader failed mid-run: same order as a timeout, without the wait
@@ -273,4 +286,4 @@ def run_tree(launch: Launch, log_dir: Path, cap_bytes: int, wall_time_s: float, 
         out.close()
         err.close()
     duration = (exit_at if exit_at is not None else time.monotonic()) - start
-    return TreeOutcome(status, maxrss, timed_out, duration, out, err, disk_exceeded)
+    return TreeOutcome(status, maxrss, cpu, timed_out, duration, out, err, disk_exceeded)

@@ -7,22 +7,25 @@ It is not imported by the grader: its source is passed to ``python -I -S -c`` (s
 
 It forks and execs ARGV, waits for it and writes one line to STATUS_FD::
 
-    exit <code> <maxrss_kb>        or        signal <signum> <maxrss_kb>
+    exit <code> <maxrss_kb> <cpu_us>        or        signal <signum> <maxrss_kb> <cpu_us>
 
 which lets the backend tell ``exit(137)`` from a SIGKILL (bwrap reports 128+signal for both).
+maxrss_kb and cpu_us (user + system microseconds) are RUSAGE_CHILDREN: every process of the run
+the shim reaped, which in both modes is all of them (it is a child subreaper).
 
 LIFELINE_FD is the read end of a pipe whose write end only the grader holds: it reads EOF when
 the grader closes it (timeout) or dies. Then the shim kills the whole run and exits. This does
 not rely on PR_SET_PDEATHSIG, which bwrap arms in its namespace init only after the mount setup
 (a grader killed during setup would otherwise leave an orphaned sandbox running).
 
+In both modes the shim is a child subreaper, so orphaned descendants (double-forked, setsid'd
+daemons) are re-parented to it; when the command exits or on lifeline EOF it SIGKILLs them, reaps
+them (their rusage counts) and exits when none is left.
 MODE ``pidns`` (bubblewrap): the shim is PID 2 of a private PID namespace; killing the run is
-``kill(-1, SIGKILL)`` (every process in the namespace but init and the shim), done on lifeline
-EOF and again when the command exits (bwrap's init would otherwise wait for leftover daemons).
-If the command kills the shim, bwrap's monitor exits and --die-with-parent kills the init.
-MODE ``reap`` (process backend, no PID namespace): the shim is a child subreaper, so orphaned
-descendants (double-forked, setsid'd daemons) are re-parented to it; when the command exits, on
-SIGTERM (timeout) or on lifeline EOF it SIGKILLs every descendant, and exits when none is left.
+``kill(-1, SIGKILL)`` (every process in the namespace but init and the shim). If the command kills
+the shim, bwrap's monitor exits and --die-with-parent kills the init.
+MODE ``reap`` (process backend, no PID namespace): killing the run is SIGKILL to each child of
+the shim (the command and the daemons re-parented to it); SIGTERM (timeout) also stops the run.
 ARGV that cannot be executed exits 127 (not found) or 126, like a shell.
 """
 
@@ -89,8 +92,7 @@ def main():
         os.set_inheritable(fd, False)
     _prctl(PR_SET_DUMPABLE, 0)  # the command (same uid) may not ptrace us or open our fds
     reap = mode == "reap"
-    if reap:
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
     stop = []
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -102,7 +104,7 @@ def main():
         stop.append("lifeline")  # the grader is already gone or gave up
 
     if stop:
-        os.write(status_fd, b"signal 9 0\n")
+        os.write(status_fd, b"signal 9 0 0\n")
         os._exit(128 + 9)
     pid = os.fork()
     if pid == 0:
@@ -124,7 +126,7 @@ def main():
         no_children = False
         while True:
             try:
-                wpid, wstatus = os.waitpid(-1 if reap else pid, os.WNOHANG)
+                wpid, wstatus = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 no_children = True
                 break
@@ -132,11 +134,9 @@ def main():
                 break
             if wpid == pid:
                 status = wstatus
-        if no_children or (not reap and status is not None):
-            if not reap:
-                _kill_run(mode)  # daemons the command left in the namespace (bwrap's init would wait for them)
+        if no_children:
             break
-        if stop or (reap and status is not None):
+        if stop or status is not None:
             _kill_run(mode)  # the command is done, timed out, or the grader is gone: nothing may outlive it
         ready = select.select(watch, [], [], 1.0)[0]
         if wake_r in ready:
@@ -147,7 +147,8 @@ def main():
 
     import resource
 
-    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_us = round((usage.ru_utime + usage.ru_stime) * 1e6)
     if status is None:
         line = "signal 9"
     elif os.WIFSIGNALED(status):
@@ -155,7 +156,7 @@ def main():
     else:
         line = f"exit {os.waitstatus_to_exitcode(status)}"
     try:
-        os.write(status_fd, f"{line} {maxrss}\n".encode())
+        os.write(status_fd, f"{line} {usage.ru_maxrss} {cpu_us}\n".encode())
     except OSError:
         pass
     code = os.waitstatus_to_exitcode(status) if status is not None else -9

@@ -76,6 +76,12 @@ class Isolation(BaseModel):
     image_digest: str | None = None
 
 
+MeterSource = Literal["cgroup", "rusage", "engine"]
+"""What measured a figure: ``cgroup`` the run's cgroup (every process of the run, daemons that left
+their parent included); ``rusage`` the processes the in-sandbox supervisor reaped (a subreaper, so
+all of them, but memory is the largest single process, not a sum); ``engine`` docker's stats API."""
+
+
 class ExecResult(BaseModel):
     """The outcome of one run. A non-zero exit, a timeout or an OOM kill is a normal result."""
 
@@ -88,7 +94,20 @@ class ExecResult(BaseModel):
         False, description="Killed for writing more than limits.disk_mb to the working copy and outputs."
     )
     duration_s: float
-    max_rss_mb: float | None = None
+    max_rss_mb: float | None = Field(None, description=(
+        "Peak memory of the run. cgroup: the most the run's processes held together (anonymous + "
+        "mapped-file + shared memory, sampled every 0.25 s), or the largest reaped process if more; "
+        "rusage: the largest single process; engine: the container's peak usage, page cache included."))
+    memory_source: MeterSource | None = None
+    cpu_s: float | None = Field(None, description=(
+        "CPU seconds (user + system) of every process of the run; cgroup figures include the "
+        "sandbox's own supervisor (a few hundredths of a second)."))
+    cpu_source: MeterSource | None = None
+    pinned_cpus: list[int] = Field(default_factory=list, description=(
+        "CPUs the run was held to (empty: not pinned); a note says when another run shared them."))
+    gpu_s: float | None = Field(None, description="GPU-seconds: wall seconds x limits.gpus; None without GPUs.")
+    gpu_memory_mb: float | None = Field(None, description=(
+        "Peak GPU memory summed over the run's processes (nvidia-smi every 2 s); None where not measured."))
     stdout_path: Path
     stderr_path: Path
     stdout_truncated: bool = False
@@ -97,7 +116,8 @@ class ExecResult(BaseModel):
         None, description="What this run actually got (limits that could not be applied are missing)."
     )
     notes: list[str] = Field(
-        default_factory=list, description="What the backend did to the run's files, e.g. an artifact link it refused to copy out."
+        default_factory=list, description=("What the backend did to the run's files, e.g. an artifact link it "
+                                           "refused to copy out, and CPUs it had to share with other runs.")
     )
 
     @property

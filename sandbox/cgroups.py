@@ -1,10 +1,11 @@
-"""Per-run control groups (v1 or v2) for memory, process count and CPU, where this host lets us write them.
+"""Per-run control groups (v1 or v2) for memory, process count, CPU share, CPU accounting and CPU
+pinning, where this host lets us write them.
 
 :func:`detect` finds, for each wanted controller, a hierarchy we can create children in: under our
 own cgroup when possible (so the grader's own limits still apply), else at the hierarchy's root.
 :class:`RunCgroup` creates one cgroup per run, sets its limits, lists and kills its processes, reads
-OOM kills and peak memory, and removes it. Nothing here raises when cgroups are unusable: the run
-goes on with rlimits only and the reason is recorded in ``notes``.
+OOM kills, and removes it (sandbox/metering.py reads its CPU time and memory). Nothing here raises
+when cgroups are unusable: the run goes on with rlimits only and the reason is recorded in ``notes``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from pathlib import Path
 from sandbox.base import Limits
 from sandbox.limits import MIB, PIDS_OVERHEAD
 
-CONTROLLERS = ("memory", "pids", "cpu")
+CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "cpuset")
+V2_FILES = {"memory": "memory.max", "pids": "pids.max", "cpu": "cpu.max", "cpuset": "cpuset.cpus", "cpuacct": "cpu.stat"}
+"""A file a v2 cgroup has when the controller is enabled for it. v2 has no cpuacct: CPU time is
+the core file cpu.stat, present in every v2 cgroup."""
 PREFIX = "tunegrade-"
 CPU_PERIOD_US = 100_000
 
@@ -67,7 +71,7 @@ def _keyed(path: Path) -> dict[str, int]:
     return out
 
 
-def _mounts(mountinfo: str) -> list[tuple[str, Path, str, set[str]]]:
+def cgroup_mounts(mountinfo: str) -> list[tuple[str, Path, str, set[str]]]:
     """(fstype, mountpoint, root inside the hierarchy, super options) of cgroup mounts."""
     out = []
     for line in mountinfo.splitlines():
@@ -80,7 +84,7 @@ def _mounts(mountinfo: str) -> list[tuple[str, Path, str, set[str]]]:
     return out
 
 
-def _own_paths(self_cgroup: str) -> dict[str, str]:
+def cgroup_paths(self_cgroup: str) -> dict[str, str]:
     """controller -> our cgroup path ('' key for the v2 unified hierarchy)."""
     out = {}
     for line in self_cgroup.splitlines():
@@ -95,14 +99,19 @@ def _own_paths(self_cgroup: str) -> dict[str, str]:
     return out
 
 
+def mounted_dir(mountpoint: Path, mount_root: str, path: str) -> Path:
+    """Where the cgroup ``path`` (as /proc/<pid>/cgroup names it) is under a hierarchy mounted at
+    ``mountpoint`` whose root is ``mount_root``."""
+    if mount_root != "/" and (path == mount_root or path.startswith(mount_root.rstrip("/") + "/")):
+        path = path[len(mount_root.rstrip("/")):]
+    return mountpoint / path.lstrip("/")
+
+
 def _candidates(mountpoint: Path, mount_root: str, own: str | None) -> list[Path]:
     """Our own cgroup directory first (limits nest under the grader's), then the mount's root."""
     dirs = []
     if own is not None:
-        rel = own
-        if mount_root != "/" and (own == mount_root or own.startswith(mount_root.rstrip("/") + "/")):
-            rel = own[len(mount_root.rstrip("/")):]
-        path = mountpoint / rel.lstrip("/")
+        path = mounted_dir(mountpoint, mount_root, own)
         if path.is_dir():
             dirs.append(path)
     if mountpoint not in dirs:
@@ -140,8 +149,8 @@ def detect(mountinfo_path: str = "/proc/self/mountinfo", cgroup_path: str = "/pr
     """Find writable hierarchies for CONTROLLERS; v2 is preferred for a controller it carries."""
     layout = CgroupLayout()
     try:
-        mounts = _mounts(_read(Path(mountinfo_path)))
-        own = _own_paths(_read(Path(cgroup_path)))
+        mounts = cgroup_mounts(_read(Path(mountinfo_path)))
+        own = cgroup_paths(_read(Path(cgroup_path)))
     except OSError as exc:
         layout.notes.append(f"cgroups not used: cannot read {exc.filename}")
         return layout
@@ -150,11 +159,11 @@ def detect(mountinfo_path: str = "/proc/self/mountinfo", cgroup_path: str = "/pr
         if fstype != "cgroup2" or not todo:
             continue
         for parent in _candidates(mountpoint, root, own.get("")):
-            enabled = _v2_enable(parent, todo)
+            enabled = _v2_enable(parent, [c for c in todo if c != "cpuacct"])
             probe = _try_mkdir(parent) if enabled else None
             if probe is None:
                 continue
-            ok = [c for c in enabled if (probe / f"{c}.max").exists()]
+            ok = [c for c in [*enabled, "cpuacct"] if c in todo and (probe / V2_FILES[c]).exists()]
             probe.rmdir()
             if ok:
                 layout.hierarchies.append(Hierarchy(2, parent, tuple(ok)))
@@ -179,11 +188,19 @@ def detect(mountinfo_path: str = "/proc/self/mountinfo", cgroup_path: str = "/pr
 
 
 def _why(ctrl: str) -> str:
-    if ctrl == "memory":
-        return "memory is limited by RLIMIT_DATA per process only"
-    if ctrl == "pids":
-        return "the process count is limited by RLIMIT_NPROC only (not for root)"
-    return "CPU use is limited only through the thread-count environment"
+    return {
+        "memory": "memory is limited by RLIMIT_DATA per process only, and measured from the rusage of reaped processes",
+        "pids": "the process count is limited by RLIMIT_NPROC only (not for root)",
+        "cpuacct": "CPU time is measured from the rusage of reaped processes only",
+        "cpuset": "CPUs are pinned with sched_setaffinity only, which the command can undo",
+    }.get(ctrl, "CPU use is limited only through the thread-count environment")
+
+
+def _rmdir_quietly(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def _remove_stale(parent: Path) -> None:
@@ -204,13 +221,10 @@ def _remove_stale(parent: Path) -> None:
         except PermissionError:
             continue
         _kill_dir(entry, timeout=1.0)
-        try:
-            entry.rmdir()
-        except OSError:
-            pass
+        _rmdir_quietly(entry)
 
 
-def _procs(directory: Path) -> set[int]:
+def cgroup_procs(directory: Path) -> set[int]:
     try:
         return {int(p) for p in _read(directory / "cgroup.procs").split()}
     except (OSError, ValueError):
@@ -222,7 +236,7 @@ def _kill_dir(directory: Path, timeout: float) -> bool:
     kill_file = directory / "cgroup.kill"
     deadline = time.monotonic() + timeout
     while True:
-        pids = _procs(directory)
+        pids = cgroup_procs(directory)
         if not pids:
             return True
         if kill_file.exists():
@@ -243,7 +257,9 @@ def _kill_dir(directory: Path, timeout: float) -> bool:
 class RunCgroup:
     """One run's cgroup(s). Create, put the child in via ``procs_files`` (preexec), then kill_all/remove."""
 
-    def __init__(self, layout: CgroupLayout, limits: Limits, name: str | None = None) -> None:
+    def __init__(self, layout: CgroupLayout, limits: Limits, name: str | None = None,
+                 cpus: list[int] | None = None) -> None:
+        """``cpus``: the CPUs to pin the run to (cpuset); None keeps the parent's."""
         self.name = name or f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.dirs: list[tuple[Hierarchy, Path]] = []
         self.enforced: list[str] = []
@@ -255,18 +271,31 @@ class RunCgroup:
             except OSError as exc:
                 self.notes.append(f"cgroup {path} not created ({exc.strerror}): {', '.join(h.controllers)} not limited")
                 continue
-            self.dirs.append((h, path))
+            labels = []
             for ctrl in h.controllers:
                 try:
-                    self._limit(h.version, ctrl, path, limits)
-                    self.enforced.append(f"cgroup-v{h.version}:{ctrl}")
+                    self._limit(h.version, ctrl, path, limits, cpus)
+                    if ctrl != "cpuset" or cpus:  # without cpus a cpuset only keeps the parent's
+                        labels.append(f"cgroup-v{h.version}:{ctrl}")
                 except OSError as exc:
                     self.notes.append(f"cgroup {ctrl} limit not set ({exc.strerror}): {_why(ctrl)}")
+                    if h.version == 1 and ctrl == "cpuset":  # an unset v1 cpuset admits no task
+                        _rmdir_quietly(path)
+                        self.notes.append(f"cgroup {path} not used: {', '.join(h.controllers)} not applied")
+                        break
+            else:
+                self.dirs.append((h, path))
+                self.enforced += labels
+        self.pinned = any(e.endswith(":cpuset") for e in self.enforced)
+        """The cpuset holds the run to ``cpus``."""
 
     @staticmethod
-    def _limit(version: int, ctrl: str, path: Path, limits: Limits) -> None:
+    def _limit(version: int, ctrl: str, path: Path, limits: Limits, cpus: list[int] | None = None) -> None:
         mem = str(limits.memory_mb * MIB)
         quota = max(1000, int(limits.cpus * CPU_PERIOD_US))
+        cpu_list = ",".join(map(str, cpus)) if cpus else None
+        if ctrl == "cpuacct":
+            return  # accounting only: nothing to set
         if version == 1:
             if ctrl == "memory":
                 _write(path / "memory.limit_in_bytes", mem)
@@ -277,6 +306,9 @@ class RunCgroup:
             elif ctrl == "cpu":
                 _write(path / "cpu.cfs_period_us", str(CPU_PERIOD_US))
                 _write(path / "cpu.cfs_quota_us", str(quota))
+            elif ctrl == "cpuset":  # a v1 cpuset starts empty: no task may join before both are set
+                _write(path / "cpuset.cpus", cpu_list or _read(path.parent / "cpuset.cpus").strip())
+                _write(path / "cpuset.mems", _read(path.parent / "cpuset.mems").strip())
         else:
             if ctrl == "memory":
                 _write(path / "memory.max", mem)
@@ -287,12 +319,15 @@ class RunCgroup:
                 _write(path / "pids.max", str(limits.pids + PIDS_OVERHEAD))
             elif ctrl == "cpu":
                 _write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            elif ctrl == "cpuset" and cpu_list:
+                _write(path / "cpuset.cpus", cpu_list)
 
     @property
     def procs_files(self) -> list[str]:
         return [str(path / "cgroup.procs") for _, path in self.dirs]
 
-    def _dir_for(self, ctrl: str) -> tuple[int, Path] | None:
+    def dir_for(self, ctrl: str) -> tuple[int, Path] | None:
+        """(cgroup version, directory) of this run for ``ctrl``; None where it does not apply."""
         for h, path in self.dirs:
             if ctrl in h.controllers and f"cgroup-v{h.version}:{ctrl}" in self.enforced:
                 return h.version, path
@@ -301,11 +336,11 @@ class RunCgroup:
     def pids(self) -> set[int]:
         out: set[int] = set()
         for _, path in self.dirs:
-            out |= _procs(path)
+            out |= cgroup_procs(path)
         return out
 
     def oom_kills(self) -> int:
-        found = self._dir_for("memory")
+        found = self.dir_for("memory")
         if found is None:
             return 0
         version, path = found
@@ -314,7 +349,7 @@ class RunCgroup:
 
     def memory_limit_hit(self) -> bool:
         """v1 without an oom_kill counter: the limit was reached at least once."""
-        found = self._dir_for("memory")
+        found = self.dir_for("memory")
         if found is None or found[0] != 1:
             return False
         try:
@@ -323,21 +358,11 @@ class RunCgroup:
             return False
 
     def has_oom_counter(self) -> bool:
-        found = self._dir_for("memory")
+        found = self.dir_for("memory")
         if found is None:
             return False
         version, path = found
         return "oom_kill" in _keyed(path / ("memory.oom_control" if version == 1 else "memory.events"))
-
-    def peak_mb(self) -> float | None:
-        found = self._dir_for("memory")
-        if found is None:
-            return None
-        version, path = found
-        try:
-            return int(_read(path / ("memory.max_usage_in_bytes" if version == 1 else "memory.peak"))) / MIB
-        except (OSError, ValueError):
-            return None
 
     def kill_all(self, timeout: float = 5.0) -> bool:
         ok = True

@@ -23,6 +23,8 @@ from pathlib import Path
 LOCK_DIRS = (Path("/run/tunegrade-cpus"), Path(tempfile.gettempdir()) / "tunegrade-cpus")
 """The first of these that can be used; graders of one host must agree (root graders use /run)."""
 SLOT_FILE = re.compile(r"cpu(\d+)\.(\d+)")
+SHARED_NOTE = "the run shares CPU(s)"
+"""How the note of a lease that shares CPUs begins (it goes into ExecResult.notes)."""
 MAX_SLOTS = 256
 """Slots tried per CPU: a bound, so that files planted in a shared folder cannot make a run loop."""
 GUARD_WAIT_S = 5.0
@@ -133,7 +135,7 @@ def lease(count: int, allowed: set[int] | None = None) -> CpuLease:
         result.release()
         raise
     if result.shared:
-        result.note = (f"the run shares CPU(s) {','.join(map(str, result.shared))} with other runs on this host: "
+        result.note = (f"{SHARED_NOTE} {','.join(map(str, result.shared))} with other runs on this host: "
                        f"fewer than {count} of {len(pool)} CPUs were free, so its timing depends on their load")
     return result
 

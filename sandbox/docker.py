@@ -22,11 +22,15 @@ from typing import Any
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
+from sandbox import cpus
 from sandbox._runner import CappedSink
 from sandbox.base import ExecResult, Isolation, Limits, Mount, RunSpec, Sandbox, SandboxUnavailable
+from sandbox.cgroups import cgroup_procs
+from sandbox.cpus import CpuLease
 from sandbox.docker_archive import ChunkReader, clear_dir, extract_artifacts, pack_dir
 from sandbox.docker_sweep import run_labels
 from sandbox.limits import MIB, NOFILE, STDERR_NAME, STDOUT_NAME, SYSTEM_PATH, build_env
+from sandbox.metering import MEMORY_POLL_S, GpuMemoryPoll, MemoryPeak, cpu_usage_s, engine_figures, host_cgroup_dirs
 from sandbox.process import check_spec
 from sandbox.registry import register
 
@@ -106,6 +110,11 @@ class _Run:
     stream: Any = None
     reader: threading.Thread | None = None
     output_done: threading.Event = field(default_factory=threading.Event)
+    lease: CpuLease = field(default_factory=CpuLease)
+    cgroup_dirs: dict[str, tuple[int, Path]] = field(default_factory=dict)
+    """The container's memory and cpuacct cgroups on this host (empty for a remote engine)."""
+    memory: MemoryPeak | None = None
+    gpu_poll: GpuMemoryPoll | None = None
 
 
 @register("docker")
@@ -136,13 +145,16 @@ class DockerSandbox(Sandbox):
         self._userns = any("userns" in opt for opt in info.get("SecurityOptions") or [])
         self._cgroup = f"cgroup-v{info.get('CgroupVersion') or '1'}"
         self._host_cpus = int(info.get("NCPU") or 1)
+        self._local = self.api.base_url.startswith("http+docker://local")
+        """The engine runs on this host (unix socket): CPUs are pinned from this host's allocator."""
 
     # -- interface -------------------------------------------------------------------------
     def path_for(self, mount: Mount) -> str:
         return mount.target
 
     def isolation(self) -> Isolation:
-        enforced = [f"{self._cgroup}:{c}" for c in ("memory", "memory+swap", "pids", "cpu")]
+        controllers = ("memory", "memory+swap", "pids", "cpu", *(["cpuset"] if self._local else []))
+        enforced = [f"{self._cgroup}:{c}" for c in controllers]
         notes = [
             ("writes to the working copy, the outputs and /tmp live in memory (tmpfs) and count against "
              "the memory limit; each writable folder is capped at disk_mb"),
@@ -152,6 +164,9 @@ class DockerSandbox(Sandbox):
             notes.append(f"no user namespace: uid {SANDBOX_UID} in the container is uid {SANDBOX_UID} on the host")
         if self.gpus is not None:
             notes.append(f"GPUs given to runs that ask for them: {self.gpus}")
+        if not self._local:
+            notes.append("the engine is not on this host: runs are not pinned to CPUs of their own, and memory "
+                         "and CPU time come from its stats API at the end of the run")
         return Isolation(
             backend=self.name,
             mechanism="docker",
@@ -169,32 +184,47 @@ class DockerSandbox(Sandbox):
         cap = spec.limits.max_output_kb * 1024
         out, err = CappedSink(spec.log_dir / STDOUT_NAME, cap), CappedSink(spec.log_dir / STDERR_NAME, cap)
         run = _Run(run_id=uuid.uuid4().hex[:16])
+        if self._local:
+            run.lease = cpus.lease(cpus.wanted(spec.limits.cpus))
         writable = spec.writable_mounts()
         try:
             exec_id, start = self._start(spec, run, writable, out, err)
             returncode, timed_out, end = self._wait(exec_id, run, start + spec.limits.wall_time_s)
             frozen = self._freeze(run)
             run.output_done.wait(DRAIN_S)
-            oom, rss = self._memory_outcome(run, returncode)
-            notes = self._collect(run, writable, spec.limits) if frozen else [
+            oom, meters = self._meter(run, returncode)
+            notes = [run.lease.note] if run.lease.shared else []
+            notes += self._collect(run, writable, spec.limits) if frozen else [
                 "the container stopped before its writable folders could be copied out: outputs are lost"]
+            isolation = self.isolation()
+            if self._local and not run.lease.cpus:
+                isolation.limits_enforced.remove(f"{self._cgroup}:cpuset")
+                isolation.notes.append(run.lease.note or "CPUs not pinned")
             return ExecResult(
                 returncode=None if timed_out else returncode,
                 timed_out=timed_out,
                 oom_killed=oom,
                 duration_s=round(end - start, 3),
-                max_rss_mb=rss,
+                **meters,
+                pinned_cpus=run.lease.cpus,
+                gpu_s=round((end - start) * spec.limits.gpus, 3) if spec.limits.gpus else None,
+                gpu_memory_mb=run.gpu_poll.stop() if run.gpu_poll else None,
                 stdout_path=out.path,
                 stderr_path=err.path,
                 stdout_truncated=out.truncated,
                 stderr_truncated=err.truncated,
-                isolation=self.isolation(),
+                isolation=isolation,
                 notes=notes,
             )
         finally:
-            self._cleanup(run)
-            out.close()
-            err.close()
+            try:
+                self._cleanup(run)
+            finally:
+                if run.gpu_poll is not None:
+                    run.gpu_poll.stop()
+                out.close()
+                err.close()
+                run.lease.release()  # only now: the container is gone
 
     # -- steps -------------------------------------------------------------------------------
     def _start(self, spec: RunSpec, run: _Run, writable: list[Mount], out: CappedSink,
@@ -217,10 +247,11 @@ class DockerSandbox(Sandbox):
                 self.image, command=IDLE_COMMAND, user=f"{IDLE_UID}:{IDLE_UID}", stdin_open=True,
                 hostname=HOSTNAME, labels=labels, working_dir=spec.workdir.target, network_disabled=True,
                 environment={"PATH": f"{IMAGE_PYTHON_BIN}:{SYSTEM_PATH}"},
-                host_config=self._host_config(spec.limits, mounts), name=f"tunegrade-{run.run_id}",
+                host_config=self._host_config(spec.limits, mounts, run.lease.cpus), name=f"tunegrade-{run.run_id}",
             )["Id"]
             run.lifeline = self.api.attach_socket(run.container, params={"stdin": 1, "stream": 1})
             self.api.start(run.container)
+            self._watch(run, spec.limits)
             for m in writable:
                 if not any(Path(m.source).iterdir()):
                     continue  # the volume is already an empty folder owned by the sandbox user
@@ -240,7 +271,7 @@ class DockerSandbox(Sandbox):
         run.reader.start()
         return exec_id, start
 
-    def _host_config(self, limits: Limits, mounts: list[docker.types.Mount]) -> dict:
+    def _host_config(self, limits: Limits, mounts: list[docker.types.Mount], cpu_list: list[int]) -> dict:
         memory = f"{limits.memory_mb}m"
         ids = f"uid={SANDBOX_UID},gid={SANDBOX_UID}"
         return self.api.create_host_config(
@@ -254,6 +285,7 @@ class DockerSandbox(Sandbox):
             memswap_limit=memory,
             pids_limit=limits.pids + PIDS_OVERHEAD,
             nano_cpus=int(min(limits.cpus, self._host_cpus) * 1e9),  # the engine refuses more than the host has
+            cpuset_cpus=",".join(map(str, cpu_list)) or None,
             shm_size=f"{max(1, limits.memory_mb // SHM_FRACTION)}m",
             ulimits=[docker.types.Ulimit(name="nofile", soft=NOFILE, hard=NOFILE),
                      docker.types.Ulimit(name="fsize", soft=limits.max_file_mb * MIB, hard=limits.max_file_mb * MIB),
@@ -268,6 +300,8 @@ class DockerSandbox(Sandbox):
         """(exit code, timed out, end time): poll the exec until it exits or the wall time is up."""
         poll = POLL_FIRST_S
         while True:
+            if run.memory is not None:
+                run.memory.sample()  # at each poll: a run has no rusage here to catch a short peak
             try:
                 info = self.api.exec_inspect(exec_id)
             except DockerException as exc:
@@ -278,7 +312,7 @@ class DockerSandbox(Sandbox):
             if now >= deadline:
                 return None, True, now
             run.output_done.wait(min(poll, deadline - now))
-            poll = min(poll * 1.5, POLL_MAX_S)
+            poll = min(poll * 1.5, POLL_MAX_S if run.memory is None else MEMORY_POLL_S)
 
     def _freeze(self, run: _Run) -> bool:
         """Stop every process of the run at once (cgroup freezer); False if the container is already gone."""
@@ -290,19 +324,37 @@ class DockerSandbox(Sandbox):
             raise SandboxUnavailable(f"docker could not freeze the run: {exc}") from exc
         return True
 
-    def _memory_outcome(self, run: _Run, returncode: int | None) -> tuple[bool, float | None]:
-        """(out of memory, peak memory MB). 137 counts as OOM even without the engine's flag: the
-        kernel may kill a child, or the engine may miss the event."""
+    def _watch(self, run: _Run, limits: Limits) -> None:
+        """Find the container's cgroups on this host, to sample its memory while it runs and read its CPU
+        time at the end (the stats API is slow, and has no peak on cgroup v2); poll its GPU memory."""
+        if not self._local:
+            return
+        pid = self.api.inspect_container(run.container)["State"].get("Pid") or 0
+        run.cgroup_dirs = host_cgroup_dirs(pid, run.container)
+        if "memory" in run.cgroup_dirs:
+            run.memory = MemoryPeak(*run.cgroup_dirs["memory"])
+            if limits.gpus and GpuMemoryPoll.available():
+                run.gpu_poll = GpuMemoryPoll(lambda: cgroup_procs(run.cgroup_dirs["memory"][1])).start()
+
+    def _meter(self, run: _Run, returncode: int | None) -> tuple[bool, dict]:
+        """(out of memory, ExecResult's memory and CPU figures), read while the container is frozen.
+        137 counts as OOM even without the engine's flag: the kernel may kill a child, or the engine
+        may miss the event."""
+        figures: dict = {}
         try:
             state = self.api.inspect_container(run.container)["State"]
-            peak = host_cgroup_peak(state.get("Pid") or 0, run.container)
-            if peak is None and state.get("Running"):
-                stats = self.api.stats(run.container, stream=False, one_shot=True)
-                peak = (stats.get("memory_stats") or {}).get("max_usage")
+            if run.memory is not None:
+                run.memory.sample()  # frozen leftovers still hold theirs
+                if run.memory.mb is not None:
+                    figures.update(max_rss_mb=run.memory.mb, memory_source="cgroup")
+            cpu = cpu_usage_s(*run.cgroup_dirs["cpuacct"]) if "cpuacct" in run.cgroup_dirs else None
+            if cpu is not None:
+                figures.update(cpu_s=round(cpu, 3), cpu_source="cgroup")
+            if ("max_rss_mb" not in figures or "cpu_s" not in figures) and state.get("Running"):
+                figures = engine_figures(self.api.stats(run.container, stream=False, one_shot=True)) | figures
         except DockerException as exc:
             raise SandboxUnavailable(f"docker could not inspect the run: {exc}") from exc
-        oom = bool(state.get("OOMKilled")) or returncode == 137
-        return oom, round(peak / MIB, 1) if peak else None
+        return bool(state.get("OOMKilled")) or returncode == 137, figures
 
     def _collect(self, run: _Run, writable: list[Mount], limits: Limits) -> list[str]:
         """Copy every writable folder out into its host source, replacing what was there."""
@@ -334,31 +386,6 @@ class DockerSandbox(Sandbox):
             _tolerate(lambda name=name: self.api.remove_volume(name, force=True), failures)
         if failures:
             raise SandboxUnavailable(f"docker could not clean up run {run.run_id}: {failures[0]}")
-
-
-def host_cgroup_peak(pid: int, container_id: str) -> int | None:
-    """Peak memory of the container's cgroup read on this host (v1 max_usage, v2 memory.peak);
-    None when the engine runs elsewhere or in another pid namespace (the stats API is then used,
-    which can take a second)."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines() if pid > 0 else []
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if container_id not in path:
-            continue
-        if "memory" in controllers.split(","):
-            peak_file = Path("/sys/fs/cgroup/memory", path.lstrip("/"), "memory.max_usage_in_bytes")
-        elif controllers == "":
-            peak_file = Path("/sys/fs/cgroup", path.lstrip("/"), "memory.peak")
-        else:
-            continue
-        try:
-            return int(peak_file.read_text())
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 def _tolerate(call, failures: list[str]) -> None:

@@ -118,14 +118,17 @@ def rlimits_for(limits: Limits, *, cgroup_memory: bool) -> tuple[list[tuple[int,
     return result, labels, notes
 
 
-def make_preexec(rlimits: list[tuple[int, int]], procs_files: list[str]):
-    """preexec_fn for Popen: join the run's cgroups, then lower rlimits; runs in the forked child.
+def make_preexec(rlimits: list[tuple[int, int]], procs_files: list[str], affinity: list[int] | None = None):
+    """preexec_fn for Popen: join the run's cgroups, lower rlimits, pin to ``affinity`` (where no
+    cpuset cgroup does); runs in the forked child.
 
-    It runs before the child executes anything, so every descendant is in the cgroups and under
-    the rlimits. Kept to raw system calls (no allocation-heavy work) since it runs after fork().
+    It runs before the child executes anything, so every descendant is in the cgroups, under
+    the rlimits and on those CPUs. Kept to raw system calls (no allocation-heavy work) since it
+    runs after fork().
     """
     files = [os.fsencode(p) for p in procs_files]
     setrlimit = resource.setrlimit
+    cpus = set(affinity or ())
 
     def preexec() -> None:
         pid = b"%d" % os.getpid()
@@ -137,5 +140,7 @@ def make_preexec(rlimits: list[tuple[int, int]], procs_files: list[str]):
                 os.close(fd)
         for res, value in rlimits:
             setrlimit(res, (value, value))
+        if cpus:
+            os.sched_setaffinity(0, cpus)
 
     return preexec

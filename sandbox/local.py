@@ -23,7 +23,7 @@ from pathlib import Path
 from sandbox._runner import Launch, TreeOutcome, has_exited, read_available
 from sandbox.base import ExecResult, Isolation, Limits, Mount, RunSpec, SandboxUnavailable
 from sandbox.limits import MIB, build_env, shim_argv
-from sandbox.process import DISK_NOTE, ProcessSandbox, check_spec, precise_returncode
+from sandbox.process import DISK_NOTE, ProcessSandbox, ShimStatus, Usage, check_spec, precise_returncode, rusage_of
 from sandbox.registry import register
 
 DEFAULT_BWRAP = "/usr/bin/bwrap"
@@ -221,7 +221,8 @@ class LocalSandbox(ProcessSandbox):
                       pass_fds=(*shim_fds, json_w, *fds.values()), terminate=terminate, kill=kill,
                       close_after_spawn=[json_w, *fds.values()], extra={"json_r": json_r})
 
-    def _interpret(self, outcome: TreeOutcome, shim, launch: Launch, spec: RunSpec) -> tuple[int, int]:
+    def _interpret(self, outcome: TreeOutcome, shim: ShimStatus | None, launch: Launch,
+                   spec: RunSpec) -> tuple[int, Usage]:
         if not self.usable:
             return super()._interpret(outcome, shim, launch, spec)
         status: dict = {}
@@ -230,12 +231,12 @@ class LocalSandbox(ProcessSandbox):
                 status.update(json.loads(line))
             except ValueError:
                 pass
-        rss = shim[1] if shim else outcome.rusage_maxrss_kb
+        usage = rusage_of(outcome, shim)
         if "exit-code" in status:
-            return precise_returncode(int(status["exit-code"]), shim), rss
+            return precise_returncode(int(status["exit-code"]), shim), usage
         leader = os.waitstatus_to_exitcode(outcome.wait_status)
         if outcome.timed_out or leader < 0:  # killed by us, or the OOM killer picked bwrap itself
-            return leader, rss
+            return leader, usage
         message = Path(outcome.stderr.path).read_text(errors="replace").strip()[:2000]
         raise SandboxUnavailable(f"bubblewrap could not start the sandbox (exit {leader}): {message}")
 

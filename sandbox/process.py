@@ -15,12 +15,14 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
-from sandbox import cgroups
+from sandbox import cgroups, cpus
 from sandbox._runner import DISK_POLL_S, DiskQuota, Launch, TreeOutcome, read_available, run_tree
 from sandbox.base import ExecResult, Isolation, Limits, Mount, RunSpec, Sandbox
 from sandbox.cgroups import CgroupLayout, RunCgroup
 from sandbox.limits import MIB, build_env, make_preexec, rlimits_for, shim_argv
+from sandbox.metering import GpuMemoryPoll, MemoryPeak, cpu_usage_s
 from sandbox.registry import register
 
 STATUS_WAIT_S = 0.5
@@ -52,23 +54,62 @@ def remove_stale_homes() -> None:
             pass
 
 
-def parse_shim_status(text: str) -> tuple[int, int] | None:
-    """'exit N RSS' / 'signal N RSS' -> (returncode, maxrss_kb); None if absent or malformed."""
+class ShimStatus(NamedTuple):
+    """The supervisor's report (sandbox/_shim.py): the command's status and RUSAGE_CHILDREN."""
+
+    returncode: int
+    maxrss_kb: int
+    cpu_s: float | None
+
+
+class Usage(NamedTuple):
+    """Memory and CPU time from rusage: the shim's report, else wait4's of the leader."""
+
+    maxrss_kb: int
+    cpu_s: float | None
+
+
+def parse_shim_status(text: str) -> ShimStatus | None:
+    """'exit N RSS CPU_US' / 'signal N RSS CPU_US' (CPU_US absent from older shims) -> ShimStatus;
+    None if absent or malformed."""
     parts = text.strip().splitlines()[-1].split() if text.strip() else []
-    if len(parts) != 3 or parts[0] not in ("exit", "signal") or not all(p.isdigit() for p in parts[1:]):
+    if len(parts) not in (3, 4) or parts[0] not in ("exit", "signal") or not all(p.isdigit() for p in parts[1:]):
         return None
     code = int(parts[1])
-    return (code if parts[0] == "exit" else -code), int(parts[2])
+    return ShimStatus(code if parts[0] == "exit" else -code, int(parts[2]),
+                      int(parts[3]) / 1e6 if len(parts) == 4 else None)
 
 
-def precise_returncode(leader_code: int, shim: tuple[int, int] | None) -> int:
+def precise_returncode(leader_code: int, shim: ShimStatus | None) -> int:
     """The command's own return code: the shim's report when it agrees with what the leader
     (the shim itself, or bwrap) exited with; bwrap and shells turn a signal N into 128+N."""
     if shim is not None:
-        code = shim[0]
+        code = shim.returncode
         if leader_code in (code, 128 - code if code < 0 else code):
             return code
     return leader_code
+
+
+def rusage_of(outcome: TreeOutcome, shim: ShimStatus | None) -> Usage:
+    """The shim's RUSAGE_CHILDREN (the run without the shim itself); failing that, wait4's rusage of
+    the leader (includes the shim's ~20 MB and its start-up)."""
+    if shim is not None and shim.cpu_s is not None:
+        return Usage(shim.maxrss_kb, shim.cpu_s)
+    return Usage(shim.maxrss_kb if shim else outcome.rusage_maxrss_kb, outcome.rusage_cpu_s)
+
+
+def meter_fields(usage: Usage, memory: MemoryPeak | None, cgroup_cpu_s: float | None) -> dict:
+    """ExecResult's memory and CPU figures: the cgroup's where there is one (every process of the
+    run), rusage otherwise; peak memory is the larger of the sampled cgroup and the largest process."""
+    rss_mb = round(usage.maxrss_kb / 1024, 1) if usage.maxrss_kb else None
+    sampled = memory.mb if memory is not None else None
+    cpu = cgroup_cpu_s if cgroup_cpu_s is not None else usage.cpu_s
+    return {
+        "max_rss_mb": max((v for v in (sampled, rss_mb) if v is not None), default=None),
+        "memory_source": "cgroup" if sampled is not None else "rusage" if rss_mb else None,
+        "cpu_s": None if cpu is None else round(cpu, 3),
+        "cpu_source": "cgroup" if cgroup_cpu_s is not None else "rusage" if cpu is not None else None,
+    }
 
 
 def disk_quota(spec: RunSpec) -> DiskQuota:
@@ -121,44 +162,56 @@ class ProcessSandbox(Sandbox):
 
     def run(self, spec: RunSpec) -> ExecResult:
         check_spec(spec)
+        lease = cpus.lease(cpus.wanted(spec.limits.cpus))
         status_r, status_w = os.pipe()
         life_r, life_w = os.pipe()
         lifeline = Lifeline(life_w)
         cleanup: list = [lifeline.close]
-        cgroup = None
+        cgroup = gpu_poll = None
         try:
-            cgroup = RunCgroup(self._layout, spec.limits) if self._layout.hierarchies else None
+            cgroup = RunCgroup(self._layout, spec.limits, cpus=lease.cpus) if self._layout.hierarchies else None
             memory_cg = cgroup is not None and any(e.endswith(":memory") for e in cgroup.enforced)
             rlimits, rl_labels, rl_notes = rlimits_for(spec.limits, cgroup_memory=memory_cg)
-            preexec = make_preexec(rlimits, cgroup.procs_files if cgroup else [])
+            affinity = None if cgroup is not None and cgroup.pinned else lease.cpus
+            preexec = make_preexec(rlimits, cgroup.procs_files if cgroup else [], affinity)
             launch = self._launch(spec, preexec, (status_w, life_r), lifeline, cgroup, cleanup)
             launch.close_after_spawn += [status_w, life_r]
             status_w = life_r = -1
+            memory_dir = cgroup.dir_for("memory") if cgroup else None
+            memory = MemoryPeak(*memory_dir) if memory_dir else None
+            if spec.limits.gpus and cgroup is not None and cgroup.dirs and GpuMemoryPoll.available():
+                gpu_poll = GpuMemoryPoll(cgroup.pids).start()
             outcome = run_tree(launch, spec.log_dir, spec.limits.max_output_kb * 1024, spec.limits.wall_time_s, cgroup,
-                               disk_quota(spec))
+                               disk_quota(spec), memory)
             shim = parse_shim_status(read_available(status_r, STATUS_WAIT_S).decode(errors="replace"))
-            returncode, rss_kb = self._interpret(outcome, shim, launch, spec)
+            returncode, usage = self._interpret(outcome, shim, launch, spec)
             oom = False
-            peak = None
+            cpu_dir = None
             if cgroup is not None:
                 oom = cgroup.oom_kills() > 0 or (
                     not cgroup.has_oom_counter() and cgroup.memory_limit_hit() and returncode == -signal.SIGKILL
                 )
-                peak = cgroup.peak_mb()
+                cpu_dir = cgroup.dir_for("cpuacct")
             enforced = rl_labels + (cgroup.enforced if cgroup else [])
             notes = rl_notes + self._layout.notes + (cgroup.notes if cgroup else [])
+            if lease.note and not lease.shared:
+                notes.append(lease.note)
             return ExecResult(
                 returncode=None if outcome.timed_out else returncode,
                 timed_out=outcome.timed_out,
                 oom_killed=oom,
                 disk_exceeded=outcome.disk_exceeded,
                 duration_s=round(outcome.duration_s, 3),
-                max_rss_mb=round(rss_kb / 1024, 1) if rss_kb else peak,
+                **meter_fields(usage, memory, cpu_usage_s(*cpu_dir) if cpu_dir else None),
+                pinned_cpus=lease.cpus,
+                gpu_s=round(outcome.duration_s * spec.limits.gpus, 3) if spec.limits.gpus else None,
+                gpu_memory_mb=gpu_poll.stop() if gpu_poll else None,
                 stdout_path=outcome.stdout.path,
                 stderr_path=outcome.stderr.path,
                 stdout_truncated=outcome.stdout.truncated,
                 stderr_truncated=outcome.stderr.truncated,
                 isolation=self._isolation(enforced, notes, spec=spec),
+                notes=[lease.note] if lease.shared else [],
             )
         finally:
             for fd in (status_r, status_w, life_r):
@@ -166,8 +219,11 @@ class ProcessSandbox(Sandbox):
                     os.close(fd)
             for fn in cleanup:
                 fn()
+            if gpu_poll is not None:
+                gpu_poll.stop()
             if cgroup is not None:
                 cgroup.remove()
+            lease.release()  # only now: the run's processes are gone
 
     # -- hooks for subclasses ----------------------------------------------------------------
     def _launch(self, spec: RunSpec, preexec, shim_fds: tuple[int, int], lifeline: Lifeline,
@@ -195,11 +251,10 @@ class ProcessSandbox(Sandbox):
             kill=kill,
         )
 
-    def _interpret(self, outcome: TreeOutcome, shim, launch: Launch, spec: RunSpec) -> tuple[int, int]:
-        """(returncode, maxrss_kb). maxrss: the supervisor's RUSAGE_CHILDREN (the command's tree, without
-        the supervisor itself); failing that, wait4's rusage of the supervisor (includes its ~20 MB)."""
+    def _interpret(self, outcome: TreeOutcome, shim: ShimStatus | None, launch: Launch,
+                   spec: RunSpec) -> tuple[int, Usage]:
         leader = os.waitstatus_to_exitcode(outcome.wait_status)
-        return precise_returncode(leader, shim), shim[1] if shim else outcome.rusage_maxrss_kb
+        return precise_returncode(leader, shim), rusage_of(outcome, shim)
 
     def _isolation(self, enforced: list[str], notes: list[str], spec: RunSpec | None = None) -> Isolation:
         root = os.getuid() == 0

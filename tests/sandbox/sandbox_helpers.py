@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import Limits, Mount, RunSpec, SandboxUnavailable, get_backend
+from sandbox.cpus import SHARED_NOTE
 from sandbox.local import DEFAULT_BWRAP, probe_bwrap
 
 BACKENDS = ["local", "process", "docker"]
@@ -55,6 +56,11 @@ def py(code: str, *args: str) -> list[str]:
     """argv running ``code`` with the grader's interpreter; :meth:`Env.spec` swaps in the
     backend's own (the image's, for docker)."""
     return [sys.executable, "-c", textwrap.dedent(code), *args]
+
+
+def file_notes(result) -> list[str]:
+    """``result.notes`` but the one saying the run shared CPUs, which depends on what else runs on this host."""
+    return [n for n in result.notes if not n.startswith(SHARED_NOTE)]
 
 
 def marker() -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from sandbox_helpers import expected_failure, marker, processes_with, py
 
-from sandbox import Mount, SandboxUnavailable, cgroups
+from sandbox import Mount, SandboxUnavailable, cgroups, cpus
 from sandbox.docker import IMAGE_PYTHON_BIN, DockerSandbox
 from sandbox.docker_sweep import sweep
 from sandbox.limits import python_bin_dir
@@ -324,9 +324,85 @@ def test_file_size_limit(env):
 
 
 def test_max_rss_is_reported(env):
-    r = env.run(py("b = bytearray(150 << 20); b[::4096] = b'y' * len(b[::4096]); print('ok')"))
+    """Held for half a second: docker only samples its cgroup (every 0.25 s at most) and has no
+    rusage to catch a shorter peak."""
+    r = env.run(py("import time; b = bytearray(150 << 20); b[::4096] = b'y' * len(b[::4096]); time.sleep(0.5)"))
     assert r.ok and r.max_rss_mb is not None
     assert 150 <= r.max_rss_mb < 400
+    assert r.memory_source == ("cgroup" if env.name == "docker" or _memory_enforced(r) else "rusage")
+
+
+def _source(env) -> str:
+    """What measures a run's CPU time and memory: the run's cgroup where the backend has one."""
+    return "cgroup" if env.name == "docker" or env.use_cgroups else "rusage"
+
+
+def test_cpu_time_of_a_busy_loop(tree_env):
+    env = tree_env
+    code = """
+        import time
+        t0 = time.process_time()
+        while time.process_time() - t0 < 2.0:
+            pass
+    """
+    r = env.run(py(code))
+    assert r.ok, env.err(r)
+    assert r.cpu_source == _source(env)
+    assert 2.0 <= r.cpu_s < 2.8, r.cpu_s  # the loop, Python's start and (cgroup) the supervisor's
+
+
+GRANDCHILD = """
+    import os, time
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:               # double-forked into its own session; its parent exits at once
+            block = bytearray(600 << 20)
+            block[::4096] = b'y' * len(block[::4096])     # touch every page
+            t0 = time.process_time()
+            while time.process_time() - t0 < 1.0:
+                pass
+            time.sleep(0.6)              # hold the memory across a few samples
+            open('done', 'w').close()
+            os._exit(0)
+        os._exit(0)
+    os.wait()
+    deadline = time.monotonic() + 20
+    while not os.path.exists('done') and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
+def test_escaped_grandchild_counts_in_cpu_and_memory(tree_env):
+    """A daemon that left its parent is the run's too: its CPU time and its 600 MB."""
+    env = tree_env
+    r = env.run(py(GRANDCHILD), memory_mb=1024)
+    assert r.ok and (env.work / "done").exists(), env.err(r)
+    assert (r.cpu_source, r.memory_source) == (_source(env), _source(env))
+    assert 1.0 <= r.cpu_s < 2.5, r.cpu_s
+    assert 600 <= r.max_rss_mb < 900, r.max_rss_mb
+
+
+def test_cpus_1_pins_one_cpu_and_concurrent_runs_get_their_own(tree_env, tmp_path, monkeypatch):
+    env = tree_env
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs a host with two CPUs")
+    monkeypatch.setattr(cpus, "LOCK_DIRS", (tmp_path / "cpus",))  # runs of other graders here do not count
+    code = "import os, time; print(sorted(os.sched_getaffinity(0))); time.sleep(1)"
+
+    def one(i: int):
+        sub = env.tmp / f"pin{i}"
+        sub.mkdir()
+        return env.sb.run(env.spec(py(code), cpus=1).model_copy(update={"log_dir": sub}))
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(one, range(2)))
+    seen = [json.loads(env.out(r)) for r in results]
+    assert all(r.ok for r in results)
+    assert [len(s) for s in seen] == [1, 1] and seen[0] != seen[1]
+    assert seen == [r.pinned_cpus for r in results]
+    assert all(r.notes == [] for r in results)  # nobody shared
+    by_cgroup = env.name == "docker" or (env.use_cgroups and cgroups.detect().has("cpuset"))
+    assert by_cgroup == any(e.endswith(":cpuset") for e in results[0].isolation.limits_enforced)
 
 
 def test_grader_exception_mid_run_leaves_nothing(tree_env):

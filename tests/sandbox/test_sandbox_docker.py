@@ -13,7 +13,7 @@ import time
 
 import docker
 import pytest
-from sandbox_helpers import Env, py, require_docker
+from sandbox_helpers import Env, file_notes, py, require_docker
 
 from grader.cli import main
 from sandbox import Mount, SandboxUnavailable
@@ -117,7 +117,7 @@ def test_files_go_in_owned_by_the_sandbox_user_and_come_back(env, tmp_path):
     assert not (env.work / "old.txt").exists() and (env.work / "pkg" / "mod.py").exists()
     assert (out / "adapter" / "nested" / "w.bin").read_bytes() == bytes(range(256)) * 4096
     assert (out / "tool.sh").stat().st_mode & 0o7777 == 0o755  # no setuid bit crosses back
-    assert r.notes == []
+    assert file_notes(r) == []
 
 
 def test_artifact_links_and_special_files_are_refused(env, tmp_path):
@@ -180,7 +180,8 @@ def test_a_memory_bomb_is_reported_as_out_of_memory(env):
     """
     r = env.run(py(bomb), memory_mb=128, wall_time_s=60)
     assert r.oom_killed and not r.timed_out and not r.ok
-    assert r.max_rss_mb is not None and 100 < r.max_rss_mb <= 128
+    # Sampled: the last burst before the kill (a fraction of a second) may fall between samples.
+    assert r.memory_source == "cgroup" and r.max_rss_mb is not None and r.max_rss_mb <= 128
 
 
 def test_a_missing_image_is_unavailable_not_a_result():

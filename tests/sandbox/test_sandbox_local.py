@@ -211,3 +211,14 @@ def test_gpu_passthrough(env):  # pragma: no cover - needs a GPU host
                 memory_mb=8192, wall_time_s=120)
     assert r.ok, env.err(r)[-2000:]
     assert env.out(r).split() == ["True", "1"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not Path("/dev/nvidia0").exists(), reason="no NVIDIA GPU on this host")
+def test_gpu_figures(env):  # pragma: no cover - needs a GPU host
+    code = "import time, torch; x = torch.ones(1 << 30, dtype=torch.uint8, device='cuda'); time.sleep(5)"
+    r = env.run(py(code), gpus=1, memory_mb=8192, wall_time_s=120)
+    assert r.ok, env.err(r)[-2000:]
+    assert r.gpu_s == r.duration_s  # one GPU for the whole run
+    if shutil.which("nvidia-smi") and any(e.startswith("cgroup") for e in r.isolation.limits_enforced):
+        assert r.gpu_memory_mb is not None and r.gpu_memory_mb >= 1024
