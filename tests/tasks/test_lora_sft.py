@@ -54,3 +54,14 @@ def test_forged_runs_cannot_meet(tmp_path: Path, mode: str) -> None:
     if mode == "noise":
         assert checks["heldout-improves"].status == "fail", checks["heldout-improves"].evidence.message
     assert result.verdict in ("borderline", "below"), (result.verdict, result.score)
+
+
+@pytest.mark.slow
+def test_hostile_json_fails_checks_instead_of_switching_them_off(tmp_path: Path) -> None:
+    """Valid JSON the parser chokes on once made checks 'error' and drop out: 100/incomplete instead of a fail."""
+    result = grade(GradeRequest(pack=PACK, source=forged(tmp_path, "hostile-json"), out=tmp_path / "out"))
+    checks = {c.id: c for c in result.checks}
+    assert not [c.id for c in result.checks if c.status == "error"] and not result.errors
+    assert checks["metrics-honest"].status == "fail" and "an integer of 5000 digits" in checks["metrics-honest"].evidence.message
+    assert checks["eval-logged"].status == "fail" and "nested too deeply" in checks["eval-logged"].evidence.message
+    assert result.verdict in ("borderline", "below") and result.score is not None
