@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from grader.checks import Artifacts, CheckContext, RunArtifacts
 from grader.inputs import prepare_inputs
 from grader.pipeline import GradeRequest, grade
 from grader.reference import reference_runs
 from grader.tasks import get_task
-from sandbox import get_backend
+from sandbox import ExecResult, get_backend
 
 PACK = get_task("lora-sft")
 FORGER = Path(__file__).resolve().parents[1] / "fixtures" / "submissions" / "lora-forged"
@@ -65,3 +66,47 @@ def test_hostile_json_fails_checks_instead_of_switching_them_off(tmp_path: Path)
     assert checks["metrics-honest"].status == "fail" and "an integer of 5000 digits" in checks["metrics-honest"].evidence.message
     assert checks["eval-logged"].status == "fail" and "nested too deeply" in checks["eval-logged"].evidence.message
     assert result.verdict in ("borderline", "below") and result.score is not None
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return public_adapter(tmp_path_factory.mktemp("public"))
+
+
+def check_outputs(tmp: Path, adapter: Path, check_id: str, files: dict[str, str | bytes] | None = None):  # type: ignore[no-untyped-def]
+    """Run one check on a hand-made main-run output folder (``files`` relative to it), measured on the public data."""
+    out = tmp / "out"
+    shutil.copytree(adapter, out / "adapter")
+    for name, content in (files or {}).items():
+        (out / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    result = ExecResult(returncode=0, duration_s=1.0, stdout_path=tmp / "o", stderr_path=tmp / "e")
+    artifacts = Artifacts(runs={"main": RunArtifacts("main", [], out, result)})
+    ctx = CheckContext(task_dir=PACK.dir, inputs={"model": PACK.dir.parent / "_shared" / "models" / "tiny",
+                                                  "data": PACK.dir / "public" / "data"},
+                       params={}, seed=0, manifest=None, spec=PACK.spec)
+    return PACK.checks[check_id](artifacts, ctx)
+
+
+@pytest.mark.slow
+def test_metrics_honest_catches_a_shaded_loss(tmp_path: Path, shipped: Path) -> None:
+    """The old tolerance (0.047-0.126 nats) let a reported loss be shaded undetected."""
+    true = check_outputs(tmp_path / "probe", shipped, "metrics-honest", {"metrics.json": '{"eval_loss": 0}'}).data["measured"]
+    for shade, status in ((0.0, "pass"), (0.001, "pass"), (-0.01, "fail"), (-0.03, "fail")):
+        outcome = check_outputs(tmp_path / str(shade), shipped, "metrics-honest",
+                                {"metrics.json": f'{{"eval_loss": {true + shade}}}'})
+        assert outcome.status == status, (shade, outcome.message)
+
+
+@pytest.mark.slow
+def test_safe_artifacts_allows_what_honest_tools_write_and_refuses_pickles(tmp_path: Path, shipped: Path) -> None:
+    """TRL's `trl sft` writes the tokenizer and template beside the adapter: not a finding. A pickle is."""
+    import pickle
+
+    tokenizer = PACK.dir.parent / "_shared" / "models" / "tiny"
+    honest = {f"adapter/{name}": (tokenizer / name).read_text() for name in ("tokenizer.json", "tokenizer_config.json")}
+    honest["adapter/chat_template.jinja"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    outcome = check_outputs(tmp_path / "trl", shipped, "safe-artifacts", honest)
+    assert outcome.status == "pass" and "chat_template.jinja" in outcome.message, outcome.message
+    outcome = check_outputs(tmp_path / "pickle", shipped, "safe-artifacts",
+                            {"adapter/training_args.json": pickle.dumps({"lr": 3e-3})})
+    assert outcome.status == "fail" and "training_args.json (pickle)" in outcome.message
