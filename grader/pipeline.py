@@ -105,6 +105,7 @@ def _run_record(run: RunArtifacts, out: Path) -> RunRecord:
         oom_killed=r.oom_killed if r else False,
         disk_exceeded=r.disk_exceeded if r else False,
         duration_s=round(r.duration_s, 3) if r else 0.0,
+        cpu_s=round(r.cpu_s, 3) if r and r.cpu_s is not None else None,
         max_rss_mb=r.max_rss_mb if r else None,
         stdout_truncated=r.stdout_truncated if r else False,
         stderr_truncated=r.stderr_truncated if r else False,
@@ -207,6 +208,7 @@ def grade(req: GradeRequest) -> Result:
         resources={
             "max_rss_mb": max(rss) if rss else None,
             "run_seconds": round(sum(r.result.duration_s for r in runs.values() if r.result), 3),
+            "run_cpu_seconds": round(sum(r.result.cpu_s or 0 for r in runs.values() if r.result), 3),
         },
         runs=[_run_record(r, out) for r in runs.values()],
         telemetry={r.name: read_telemetry(r.telemetry_path) for r in runs.values() if r.telemetry_path},

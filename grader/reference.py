@@ -43,6 +43,20 @@ def _load(root: Path) -> RunArtifacts:
     return RunArtifacts(item["name"], item["argv"], log_dir / "out", result, telemetry_path=telemetry)
 
 
+def _remove_abandoned(cache: Path) -> None:
+    """Remove half-written runs of graders that died (``<key>.tmp<pid>`` whose pid is gone)."""
+    for tmp in cache.glob("*.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
 def reference_runs(
     pack: TaskPack,
     inputs: dict[str, Path],
@@ -68,6 +82,7 @@ def _reference_run(pack: TaskPack, inputs: dict[str, Path], sandbox: Sandbox, se
     root = cache_root() / "reference" / f"{pack.id}-{_key(pack, source, variant, base_model_sha, seed, sandbox_id)}"
     if (root / DONE_FILE).is_file():
         return _load(root)
+    _remove_abandoned(root.parent)
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     main = pack.spec.main_run

@@ -46,6 +46,7 @@ class RunRecord(Strict):
     oom_killed: bool
     disk_exceeded: bool = False
     duration_s: float
+    cpu_s: float | None = Field(None, description="CPU-seconds of every process of the run, as the sandbox measured them.")
     max_rss_mb: float | None
     stdout_truncated: bool
     stderr_truncated: bool

@@ -28,3 +28,17 @@ def test_key_ignores_the_kernel_and_is_stable(monkeypatch: pytest.MonkeyPatch) -
     assert key() == before
     monkeypatch.setattr(reference, "environment", lambda: environment() | {"platform": "Linux-other-kernel"})
     assert key() == before
+
+
+
+def test_half_written_runs_of_dead_graders_are_removed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # its pid is now free: a grader that died
+    (tmp_path / f"lora-sft-abc.tmp{child.pid}").mkdir()
+    (tmp_path / f"lora-sft-def.tmp{os.getpid()}").mkdir()  # a grader still at work
+    (tmp_path / "lora-sft-abc").mkdir()
+    reference._remove_abandoned(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["lora-sft-abc", f"lora-sft-def.tmp{os.getpid()}"])
