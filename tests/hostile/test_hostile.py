@@ -151,15 +151,16 @@ def test_network(hostile: Harness) -> None:
 
 
 def test_host_files(hostile: Harness) -> None:
+    """The run also probes beside its input folder and the grader's temporary folders for the answer key."""
     secret = hostile.host_secret(f"host-secret-{uuid.uuid4().hex}\n")
-    inputs = hostile.out / ".scratch" / "inputs"
-    targets = [secret, inputs / "manifest.json", inputs / "answers" / "key.txt",
-               hostile.pack_dir / "hidden" / "generate.py", hostile.pack_dir / "checks.py"]
+    targets = [secret, hostile.pack_dir / "hidden" / "generate.py", hostile.pack_dir / "checks.py"]
     g = hostile.grade("host_files", files=[str(p) for p in targets])
     assert g.result.score == 100.0, g.result.checks
     hidden = [secret.read_text().strip(), HIDDEN_KEY, "a grader-only key it must never see",
               "Host-side evidence that the run changed none"]  # the key, lines of the generator and checks
     seen = g.evidence()
+    beside = {path: got for path, got in seen["stolen"].items() if "/../" in path}
+    assert len(beside) == 2 and HIDDEN_KEY not in str(beside), beside  # on every backend, process included
     with hostile.contained(GAPS.get("host_files", {}), g.result):
         assert not {s: g.leaked(s) for s in hidden if g.leaked(s)}
         assert not seen["shadow_readable"], "/etc/shadow was readable"
