@@ -22,6 +22,7 @@ from grader.export import export_task
 from grader.pipeline import GradeRequest, grade
 from grader.report import render_all, render_report, slug
 from grader.result import Result, load_result
+from grader.solutions import list_solutions, materialise, refuse_patch_folder
 from grader.tasks import discover, get_task
 
 EXIT_CHECKS_FAILED = 3
@@ -137,6 +138,7 @@ def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend:
               memory_scale: float, allow_reduced_isolation: bool) -> None:
     """Self-check: run the visible checks on the public data (exit 3 if one does not pass)."""
     pack = get_task(_task_for(submission, task), _tasks_dirs())
+    refuse_patch_folder(submission, pack.id)
     target = out_dir or Path("graded") / slug(f"self-check-{submission.resolve().name}")
     result = grade(GradeRequest(pack=pack, source=submission, out=target, backend=backend,
                                 backend_options=_backend_options(gpus, image), seed=seed, public=True,
@@ -174,6 +176,7 @@ def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str 
               allow_reduced_isolation: bool, as_json: bool) -> None:
     """Grade SUBMISSION (folder, .tar.gz/.tgz/.zip, or git repo) on hidden inputs."""
     pack = get_task(task, _tasks_dirs())
+    refuse_patch_folder(submission, pack.id)
     name = candidate or (submission.name.split(".")[0] if submission.is_file() else submission.resolve().name)
     target = out_dir or Path("graded") / slug(name)
     result = grade(
@@ -190,6 +193,26 @@ def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str 
     _stdout().print(result.model_dump_json(indent=2) if as_json else str(report))
     if result.verdict in ("error", "incomplete"):
         raise click.exceptions.Exit(GraderFault.exit_code)
+
+
+@app.command("solutions")
+@click.argument("task")
+@click.argument("name", required=False)
+@click.argument("dest", required=False, type=PathArg)
+def solutions_cmd(task: str, name: str | None, dest: Path | None) -> None:
+    """List TASK's reference solutions, or write solution NAME into DEST as a full submission."""
+    pack = get_task(task, _tasks_dirs())
+    if name is None:
+        table = Table(show_edge=False)
+        for col in ("solution", "kind", "caught by"):
+            table.add_column(col)
+        for sol in list_solutions(pack):
+            table.add_row(sol.name, "good" if sol.check is None else "flawed", sol.check or "")
+        _stdout().print(table)
+        return
+    if dest is None:
+        raise click.UsageError("DEST is required with NAME (the folder to write the submission into)")
+    err.print(f"wrote {task} solution {name} to {materialise(pack, name, dest)}")
 
 
 @app.command("report")

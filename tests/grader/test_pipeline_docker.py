@@ -17,6 +17,7 @@ import pytest
 
 from grader.pipeline import GradeRequest, grade
 from grader.result import Result
+from grader.solutions import list_solutions, materialise
 from grader.tasks import discover, get_task
 from sandbox import SandboxUnavailable, get_backend
 
@@ -77,7 +78,7 @@ def test_data_prep_corpus_grades_the_same_on_docker(tmp_path):
     """Every data-prep reference submission (good, each flawed one, the starter): the same findings."""
     _require(_real_image())
     pack = discover([])["data-prep"]
-    sources = [*sorted(p for p in (pack.dir / "solutions").iterdir() if p.is_dir()), pack.dir / "starter"]
+    sources = [*(materialise(pack, s.name, tmp_path / "src" / s.name) for s in list_solutions(pack)), pack.dir / "starter"]
     with ThreadPoolExecutor(max_workers=2) as pool:  # no time budget in data-prep: grades may share the CPUs
         pairs = dict(zip([s.name for s in sources],
                          pool.map(lambda s: _both(pack, s, tmp_path / s.name), sources)))
@@ -96,7 +97,7 @@ def test_lora_sft_grades_the_same_on_docker(solution, tmp_path):
     the artifacts; a full model saved and trained, seen by telemetry)."""
     _require(_real_image())
     pack = discover([])["lora-sft"]
-    local, dock = _both(pack, pack.dir / "solutions" / solution, tmp_path)
+    local, dock = _both(pack, materialise(pack, solution, tmp_path / "src"), tmp_path)
     assert _statuses(dock) == _statuses(local)
     assert abs(dock.score - local.score) <= LORA_SCORE_TOLERANCE
     assert dock.score >= 90 if solution == "good" else dock.verdict != "strong"

@@ -1,8 +1,9 @@
 """The grader's own test corpus: every task's reference submissions graded end to end.
 
 Each `solutions/good*` scores at least 90 with every check passing; each `solutions/flawed-*`
-fails the check its FLAW.md names (first line `check: <id>`) and is never rated "strong"; the
-starter does not pass. Grades run through the real pipeline and the default (local) sandbox.
+(a patch against good/, materialised by grader/solutions.py) fails the check its FLAW.md names
+(first line `check: <id>`) and is never rated "strong"; the starter does not pass. Grades run
+through the real pipeline and the default (local) sandbox.
 """
 
 from __future__ import annotations
@@ -15,23 +16,21 @@ import pytest
 
 from grader.pipeline import GradeRequest, grade
 from grader.result import Result
+from grader.solutions import list_solutions, materialise
 from grader.tasks import TaskPack, discover
 
 PACKS = discover([])
-CASES = [
-    (pack.id, sol.name)
-    for pack in PACKS.values()
-    for sol in sorted((pack.dir / "solutions").iterdir())
-    if sol.is_dir()
-] + [(pack.id, "starter") for pack in PACKS.values()]
+CASES = [(pack.id, sol.name) for pack in PACKS.values() for sol in list_solutions(pack)] + [
+    (pack.id, "starter") for pack in PACKS.values()]
 
 
-def _source(pack: TaskPack, name: str) -> Path:
-    return pack.dir / "starter" if name == "starter" else pack.dir / "solutions" / name
+def _source(pack: TaskPack, name: str, scratch: Path) -> Path:
+    """The folder to grade: the starter, or the solution written out in full under ``scratch``."""
+    return pack.dir / "starter" if name == "starter" else materialise(pack, name, scratch / pack.id / name)
 
 
 def flaw_check(pack: TaskPack, name: str) -> str:
-    first = (_source(pack, name) / "FLAW.md").read_text(encoding="utf-8").splitlines()[0]
+    first = (pack.dir / "solutions" / name / "FLAW.md").read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("check: "), f"{name}/FLAW.md must start with 'check: <id>'"
     return first.removeprefix("check: ").strip()
 
@@ -43,7 +42,8 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Re
     def one(case: tuple[str, str]) -> Result:
         task, name = case
         pack = PACKS[task]
-        return grade(GradeRequest(pack=pack, source=_source(pack, name), out=root / task / name, candidate=name))
+        source = _source(pack, name, root / "src")
+        return grade(GradeRequest(pack=pack, source=source, out=root / task / name, candidate=name))
 
     # Tasks with a time budget are graded one at a time: a good solution must not blow its
     # budget because another grade shares the CPUs. The others run side by side.
