@@ -36,8 +36,10 @@ def flaw_check(pack: TaskPack, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Result]:
+def graded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Result]:
+    """The selected cases graded (`-k data-prep` grades no lora-sft solution)."""
     root = tmp_path_factory.mktemp("corpus")
+    selected = {item.callspec.params.get("case") for item in request.session.items if hasattr(item, "callspec")}
 
     def one(case: tuple[str, str]) -> Result:
         task, name = case
@@ -46,9 +48,12 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Re
         return grade(GradeRequest(pack=pack, source=source, out=root / task / name, candidate=name))
 
     # Tasks with a time budget are graded one at a time: a good solution must not blow its
-    # budget because another grade shares the CPUs. The others run side by side.
-    budgeted = [c for c in CASES if PACKS[c[0]].spec.budget]
-    free = [c for c in CASES if c not in budgeted]
+    # budget because another grade shares the CPUs. The others run side by side, in threads,
+    # and transformers resolves its names lazily and not thread-safely (two checks importing
+    # PreTrainedTokenizerFast at once got an ImportError): import it once before.
+    from transformers import PreTrainedTokenizerFast  # noqa: F401
+    budgeted = [c for c in CASES if c in selected and PACKS[c[0]].spec.budget]
+    free = [c for c in CASES if c in selected and c not in budgeted]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = dict(zip(free, pool.map(one, free)))
     return results | {case: one(case) for case in budgeted}
