@@ -230,8 +230,7 @@ def length_filter(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
         ex, n = max(over, key=lambda x: x[1])
         return failed(f"{len(over)} records render to more than {max_tokens} tokens, e.g. {g.where(ex)} with {n}",
                       over_limit=len(over))
-    users = [g.key(ex.user) for ex, *_ in results]
-    kept_long = [p for p in m["too_long"] if any(u.startswith(g.key(p["user_start"])) for u in users)]
+    kept_long = g.too_long_kept([ex for ex, *_ in results], m)
     if kept_long:
         return failed(f"{len(kept_long)} of {len(m['too_long'])} too-long tickets were kept (shortened?), e.g. "
                       f"{kept_long[0]['ticket_id']}", kept_too_long=[p["ticket_id"] for p in kept_long])

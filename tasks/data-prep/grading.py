@@ -18,6 +18,7 @@ from grader.checks import Artifacts, CandidateFault, CheckContext, InfraFault, r
 CATEGORIES = ("billing", "shipping", "account", "technical", "returns")
 SPLITS = ("train", "val")
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<pad>", "<unk>")
+MANIFEST_VERSION = 2
 TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
 ENTITY = re.compile(r"&(?:#\d+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
@@ -58,9 +59,10 @@ def short(obj: Any, n: int = 120) -> str:
 
 def manifest(ctx: CheckContext) -> dict[str, Any]:
     """The planted cases; without them (no manifest.json beside the inputs) the check cannot run."""
-    if not isinstance(ctx.manifest, dict) or ctx.manifest.get("version") != 1 or "counts" not in ctx.manifest:
-        raise InfraFault("the data generator's manifest (version 1) is missing")
-    return ctx.manifest
+    m = ctx.manifest
+    if not isinstance(m, dict) or m.get("version") != MANIFEST_VERSION or "counts" not in m:
+        raise InfraFault(f"the data generator's manifest (version {MANIFEST_VERSION}) is missing")
+    return m
 
 
 def param(ctx: CheckContext, name: str, cast: type) -> Any:
@@ -132,6 +134,14 @@ def examples(artifacts: Artifacts, ctx: CheckContext) -> list[Example]:
 
 def pair_counts(exs: list[Example]) -> Counter[tuple[str, str]]:
     return Counter(pair_key(e.user, e.assistant) for e in exs)
+
+
+def too_long_kept(exs: list[Example], m: dict[str, Any]) -> list[dict[str, Any]]:
+    """The planted too-long tickets some record comes from, whole or truncated. The generator
+    gives each one side (the one without filler) whose key no other ticket has, and truncating
+    the long side leaves it intact, so a match on that key is exact."""
+    users, replies = {key(e.user) for e in exs}, {key(e.assistant) for e in exs}
+    return [p for p in m["too_long"] if key(p["user"]) in users or key(p["assistant"]) in replies]
 
 
 def tokenizer(ctx: CheckContext) -> Any:

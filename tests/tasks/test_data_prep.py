@@ -1,4 +1,5 @@
-"""The data-prep task pack: its generator, the shared tokenizer, and its checks on garbage output.
+"""The data-prep task pack: its generator, the shared tokenizer, its checks on garbage output, and
+the good solution checked on many hidden seeds.
 
 The reference submissions are graded end to end in tests/tasks/test_reference_solutions.py."""
 
@@ -6,11 +7,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,8 @@ def _load(path: Path, name: str) -> Any:
 
 generator = _load(PACK / "hidden" / "generate.py", "_test_data_prep_generate")
 checks_module = _load(PACK / "checks.py", "_test_data_prep_checks")
+grading = checks_module.g
+good = _load(PACK / "solutions" / "good" / "prepare.py", "_test_data_prep_good")
 CHECKS = {"runs": runs_check} | {
     getattr(fn, CHECK_ATTR): fn for fn in vars(checks_module).values() if hasattr(fn, CHECK_ATTR)
 }
@@ -50,6 +58,29 @@ CHECKS = {"runs": runs_check} | {
 def make_ctx(data: Path, manifest: dict) -> CheckContext:
     return CheckContext(task_dir=PACK, inputs={"raw": data / "raw", "tokenizer": TOKENIZER},
                         params={**PARAMS, "format": "chat"}, seed=GRADE_SEED, manifest=manifest)
+
+
+def artifacts(root: Path) -> Artifacts:
+    """The four runs' output folders root/<run>/, as if each run exited 0."""
+    ok = ExecResult(returncode=0, duration_s=1.0, stdout_path=root / "o", stderr_path=root / "e")
+    return Artifacts(runs={v: RunArtifacts(name=v, argv=[], out_dir=root / v, result=ok) for v in VARIANTS})
+
+
+def run_checks(runs: Artifacts, ctx: CheckContext) -> dict[str, str]:
+    """Every check but `runs` (exit codes only): {id: "status: message"} of those that do not pass.
+    A CandidateFault is a fail; any other exception escapes, as it would be a grader error."""
+    problems = {}
+    for cid, fn in CHECKS.items():
+        if cid == "runs":
+            continue
+        try:
+            outcome = fn(runs, ctx)
+        except CandidateFault as exc:
+            problems[cid] = f"fail: {exc}"
+            continue
+        if outcome.status != "pass":
+            problems[cid] = f"{outcome.status}: {outcome.message}"
+    return problems
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +129,95 @@ def test_checks_fail_cleanly_on_garbage(kind: str, data: tuple[Path, dict], tmp_
         assert outcome.status != "pass", f"{cid} passed garbage: {outcome.message}"
 
 
+# -- checks on the good solution's output, and on copies altered to break one check ----------
+
+@pytest.fixture(scope="module")
+def good_out(data: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data-prep-good")
+    write_good_outputs(data[0] / "raw", root)
+    return root
+
+
+def test_good_output_passes_every_check(data: tuple[Path, dict], good_out: Path) -> None:
+    assert run_checks(artifacts(good_out), make_ctx(*data)) == {}
+
+
+@pytest.mark.parametrize("long_side", ["user", "assistant"])
+def test_length_filter_catches_a_too_long_ticket_truncated_on_its_long_side(long_side: str, data: tuple[Path, dict],
+                                                                            good_out: Path, tmp_path: Path) -> None:
+    ticket = max(data[1]["too_long"], key=lambda p: len(p[long_side]) - len(p["assistant" if long_side == "user" else "user"]))
+    texts = {side: ticket[side][:300] if side == long_side else ticket[side] for side in ("user", "assistant")}
+    shutil.copytree(good_out, tmp_path / "out")
+    record = {"messages": [{"role": "user", "content": texts["user"]}, {"role": "assistant", "content": texts["assistant"]}],
+              "category": "billing"}
+    with (tmp_path / "out" / "main" / "train.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+    problem = run_checks(artifacts(tmp_path / "out"), make_ctx(*data))["length-filter"]
+    assert problem.startswith("fail") and f"too-long tickets were kept (shortened?), e.g. {ticket['ticket_id']}" in problem
+
+
+# -- the good solution on many hidden seeds ----------------------------------------------------
+
+@cache
+def _good_tokenizer() -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER))
+
+
+def write_good_outputs(raw: Path, root: Path) -> None:
+    """What solutions/good/prepare.py's main() writes for each run, in process: the tickets are
+    filtered once, since only the split seed and the format differ between the runs."""
+    tickets = [json.loads(line) for line in (raw / "tickets.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    kept, dropped = good.filter_tickets(tickets, _good_tokenizer(), PARAMS["max_tokens"])
+    for run, fmt, offset in (("main", "chat", 0), ("alpaca", "alpaca", 0), ("repeat", "chat", 0), ("reseed", "chat", 1)):
+        train, val = good.split(kept, PARAMS["val_fraction"], GRADE_SEED + offset)
+        (root / run).mkdir(parents=True)
+        good.write_jsonl(root / run / "train.jsonl", [good.to_record(ex, fmt) for ex in train])
+        good.write_jsonl(root / run / "val.jsonl", [good.to_record(ex, fmt) for ex in val])
+        stats = {"input": len(tickets), "kept": len(kept), "dropped": dropped, "train": len(train), "val": len(val)}
+        (root / run / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+
+
+def grade_good(seed: str, root: Path) -> dict[str, str]:
+    """The checks that the good solution does not pass on hidden seed ``seed`` (no sandbox)."""
+    manifest = generator.generate(root / "data", seed, {"tokenizer": TOKENIZER})
+    (root / "data" / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    manifest = json.loads((root / "data" / "manifest.json").read_text(encoding="utf-8"))
+    write_good_outputs(root / "data" / "raw", root / "out")
+    return run_checks(artifacts(root / "out"), make_ctx(root / "data", manifest))
+
+
+def _grade_good_in_temp(seed: str) -> dict[str, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return grade_good(seed, Path(tmp))
+
+
+# Seeds on which length-filter once failed the good solution (3 of the 7 in cohort-0..499): a
+# short too-long message was the start of a kept ticket's, and the check matched by prefix.
+PREFIX_SEEDS = ("cohort-133", "cohort-270", "cohort-444")
+SWEEP_SEEDS = [f"cohort-{i}" for i in range(300)]
+
+
+@pytest.mark.parametrize("seed", PREFIX_SEEDS)
+def test_good_passes_on_seeds_where_a_too_long_ticket_starts_a_kept_one(seed: str, tmp_path: Path) -> None:
+    assert grade_good(seed, tmp_path) == {}
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text(encoding="utf-8"))
+    users = [grading.key(json.loads(line)["messages"][1]["content"])
+             for s in grading.SPLITS for line in (tmp_path / "out" / "main" / f"{s}.jsonl").read_text().splitlines()]
+    assert any(u.startswith(grading.key(p["user"][:160])) for p in manifest["too_long"] for u in users), \
+        "the seed no longer plants the case the old prefix match got wrong"
+
+
+@pytest.mark.slow
+def test_good_passes_every_check_on_many_hidden_seeds() -> None:
+    """300 cohort seeds, in parallel; about 2 s of CPU per seed."""
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=fork) as pool:
+        problems = dict(zip(SWEEP_SEEDS, pool.map(_grade_good_in_temp, SWEEP_SEEDS)))
+    assert {seed: p for seed, p in problems.items() if p} == {}
+
+
 # -- data generator ----------------------------------------------------------------------------
 
 def _tickets(dest: Path) -> list[dict]:
@@ -136,6 +256,11 @@ def test_manifest_is_consistent_with_the_tickets(data: tuple[Path, dict]) -> Non
     assert by_id[first[0]]["created_at"] > by_id[first[1]]["created_at"], "one group must sort wrongly as strings"
     langs = Counter(p["lang"] for p in m["non_english"])
     assert len(langs) >= 3 and "en" not in langs
+    keys = {side: Counter(generator.key(t[field] or "") for t in tickets)
+            for side, field in (("user", "customer_message"), ("assistant", "agent_reply"))}
+    for p in m["too_long"]:  # recognisable exactly, even truncated on its long side
+        short_side = min(("user", "assistant"), key=lambda side: len(p[side]))
+        assert keys[short_side][generator.key(p[short_side])] == 1, p["ticket_id"]
 
 
 def test_public_data_regenerates_identically(tmp_path: Path) -> None:

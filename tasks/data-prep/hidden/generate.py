@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: too-long tickets listed with their full cleaned texts
 MAX_TOKENS = 256
 ORDINARY_MAX = 125  # tokens of the rendered user+assistant turns, no system message
 LONG_ALLOWED = (165, 195)  # kept with max_tokens 256 and a system message of up to 60 tokens
@@ -145,6 +145,7 @@ class _Generator:
         self.tickets: list[dict[str, Any]] = []
         self.pair_keys: set[tuple[str, str]] = set()
         self.user_keys: set[str] = set()
+        self.reply_keys: set[str] = set()
         self.orders: set[int] = set()
 
     # -- text ------------------------------------------------------------------------------
@@ -160,8 +161,12 @@ class _Generator:
                 "day": r.choice(["Monday", "Tuesday", "Friday", "March 3", "May 12", "the weekend"]),
                 "name": r.choice(NAMES), "name2": r.choice(NAMES)}
 
-    def _english(self, category: str, extra: int = 0, lo: int = 0, hi: int = ORDINARY_MAX) -> tuple[str, str]:
-        """A clean (user, reply) pair, unique by key, of lo..hi tokens; ``extra`` adds sentences."""
+    def _english(self, category: str, extra: int = 0, lo: int = 0, hi: int = ORDINARY_MAX,
+                 fresh_reply: bool = False) -> tuple[str, str]:
+        """A clean (user, reply) pair, unique by key, of lo..hi tokens; ``extra`` adds sentences.
+
+        With ``fresh_reply`` no ticket drawn so far has a reply of the same key either.
+        """
         r = self.rng
         for _ in range(1000):
             v = self._values()
@@ -172,7 +177,8 @@ class _Generator:
             reply += r.sample(LONG_EXTRA[3:], min(extra, 1)) + r.sample(REPLIES[category], min(extra, 2)) + [r.choice(REPLY_CLOSE)]
             u = " ".join(s for s in user if s).format(**v)
             a = " ".join(s for s in reply if s).format(**v)
-            if (key(u), key(a)) not in self.pair_keys and key(u) not in self.user_keys and lo <= self.count(u, a) <= hi:
+            unique = (key(u), key(a)) not in self.pair_keys and key(u) not in self.user_keys
+            if unique and not (fresh_reply and key(a) in self.reply_keys) and lo <= self.count(u, a) <= hi:
                 return u, a
         raise RuntimeError("could not draw a unique ticket")
 
@@ -180,6 +186,7 @@ class _Generator:
              raw_reply: str | None = ..., lang: str = "en", unique: bool = True) -> dict[str, Any]:
         t = {"category": category, "lang": lang, "customer_message": raw_user if raw_user is not None else user,
              "agent_reply": reply if raw_reply is ... else raw_reply, "user": user, "assistant": reply, "kind": kind}
+        self.reply_keys.add(key(reply or ""))
         if unique:
             self.user_keys.add(key(user))
             self.pair_keys.add((key(user), key(reply or "")))
@@ -292,9 +299,11 @@ class _Generator:
                 vu, va = self._variant(u, a, group)
                 group.append(self._add(c, vu, va, "near-dup", unique=False))
             m["near_dups"].append({"members": group})
+        # Drawn last with fresh replies: the side without filler has a key no other ticket has,
+        # so the checks recognise a too-long ticket exactly, even truncated on its long side.
         for i in range(r.randint(6, 10)):
             c = self._category()
-            u, a = self._english(c)
+            u, a = self._english(c, fresh_reply=True)
             filler = " ".join(r.choice(LONG_EXTRA + DETAILS) for _ in range(60)).format(**self._values())
             u, a = (f"{u} {filler}", a) if i % 2 == 0 else (u, f"{a} {filler}")
             assert self.count(u, a) > TOO_LONG_MIN
@@ -383,7 +392,7 @@ class _Generator:
             "english_with_foreign_words": [texts(t) for t in m["english_with_foreign_words"]],
             "exact_dups": dups(m["exact_dups"]),
             "near_dups": dups(m["near_dups"]),
-            "too_long": [{"ticket_id": t["ticket_id"], "user_start": t["user"][:160]} for t in m["too_long"]],
+            "too_long": [texts(t) for t in m["too_long"]],
             "long_allowed": [texts(t) for t in m["long_allowed"]],
         }
 
