@@ -12,7 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from grader.checks import Artifacts, CandidateFault, CheckContext, Outcome, check, failed, graded, passed, read_json
+from grader.checks import Artifacts, CandidateFault, CheckContext, Outcome, check, failed, graded, passed
 
 
 def _sibling(name: str):
@@ -320,7 +320,7 @@ def deterministic(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
 @check("stats-accurate")
 def stats_accurate(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     """stats.json matches the input and the files written, and its counts add up."""
-    stats, data = read_json(artifacts.require("main") / "stats.json"), g.rows(artifacts, ctx, "main")
+    stats, data = g.read_object(artifacts.require("main") / "stats.json"), g.rows(artifacts, ctx, "main")
     reasons = ("empty", "non_english", "duplicate", "too_long")
     ints = lambda d, ks: isinstance(d, dict) and all(type(d.get(k)) is int and d[k] >= 0 for k in ks)  # noqa: E731
     if not ints(stats, ("input", "kept", "train", "val")) or not ints(stats.get("dropped"), reasons):

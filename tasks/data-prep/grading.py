@@ -1,7 +1,8 @@
 """Parsing and normalising helpers for the data-prep checks (loaded by checks.py).
 
 Everything here reads what a submission wrote without trusting it: malformed records are
-reported or skipped, never allowed to raise anything but CandidateFault.
+reported or skipped, never allowed to raise anything but CandidateFault, and no file, record or
+text can make a check slow (files are capped, patterns run in linear time).
 """
 
 from __future__ import annotations
@@ -13,16 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grader.checks import Artifacts, CandidateFault, CheckContext, InfraFault, read_jsonl
+from grader.checks import Artifacts, CandidateFault, CheckContext, InfraFault, read_json, read_jsonl
 
 CATEGORIES = ("billing", "shipping", "account", "technical", "returns")
 SPLITS = ("train", "val")
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<pad>", "<unk>")
 MANIFEST_VERSION = 2
-TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
-ENTITY = re.compile(r"&(?:#\d+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
-EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-PHONE = re.compile(r"\(?\b\d{3}\)?[\s.-]?\d{3}[.-]\d{4}\b")
+MAX_FILE_BYTES = 4 << 20  # the reference writes about 0.2 MB per file; this bounds every scan and render
+# The patterns run on the submission's text, so each takes linear time whatever it holds:
+# possessive runs (``++``, ``*+``) never give back what they took, and an address may only start
+# where a run of address characters starts. (``[\w.+-]+@...`` alone retries every suffix of a
+# long run without "@": quadratic, an hour for 1 MB of letters.)
+TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*+(?:\s[^<>]*+)?/?>")
+ENTITY = re.compile(r"&(?:#\d++|#[xX][0-9a-fA-F]++|[A-Za-z][A-Za-z0-9]*+);")
+EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]++@[\w-]++(?:\.[\w-]++)+")
+PHONE = re.compile(r"\(?\b\d{3}\)?[\s.-]?\d{3}[.-]\d{4}\b")  # bounded: a few steps per position
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,11 @@ def squash(text: str) -> str:
 
 
 def short(obj: Any, n: int = 120) -> str:
-    text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+    """At most ``n`` characters of a value read from the submission, for a message."""
+    try:
+        text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+    except RecursionError:  # nested deeper than the stack has room for from here
+        text = f"a {type(obj).__name__} nested too deep to show"
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
@@ -72,10 +82,41 @@ def param(ctx: CheckContext, name: str, cast: type) -> Any:
         raise InfraFault(f"parameter {name!r} is missing or invalid: {ctx.params.get(name)!r}") from None
 
 
+def _bounded(path: Path) -> Path:
+    if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
+        raise CandidateFault(f"{path.name} is {path.stat().st_size / 2**20:.1f} MiB, over the {MAX_FILE_BYTES >> 20} MiB "
+                             "the grader reads (well-formed output is far smaller)")
+    return path
+
+
+def _parsed(read: Any, path: Path) -> Any:
+    """``read(path)`` of a capped file; JSON that Python refuses (integers over 4300 digits,
+    nesting past the recursion limit) is the submission's fault, like malformed JSON."""
+    try:
+        return read(_bounded(path))
+    except (ValueError, RecursionError) as exc:
+        why = f"{type(exc).__name__}: {short(str(exc), 100)}"
+        raise CandidateFault(f"{path.name}: JSON the grader cannot read ({why})") from None
+
+
+def read_object(path: Path) -> Any:
+    """A JSON file the submission wrote (e.g. stats.json)."""
+    return _parsed(read_json, path)
+
+
 def rows(artifacts: Artifacts, ctx: CheckContext, run: str) -> dict[str, list[Any]]:
-    """train/val rows of one run, parsed once per grade."""
+    """train/val rows of one run, parsed once per grade: never more records than tickets read,
+    since each record is one ticket."""
     out = artifacts.require(run)
-    return ctx.memo(f"data-prep:rows:{run}", lambda: {s: read_jsonl(out / f"{s}.jsonl") for s in SPLITS})
+
+    def load() -> dict[str, list[Any]]:
+        data = {s: _parsed(read_jsonl, out / f"{s}.jsonl") for s in SPLITS}
+        n, limit = sum(len(v) for v in data.values()), len(input_tickets(ctx))
+        if n > limit:
+            raise CandidateFault(f"train.jsonl and val.jsonl hold {n} records, more than the {limit} tickets read")
+        return data
+
+    return ctx.memo(f"data-prep:rows:{run}", load)
 
 
 def chat_problem(rec: Any) -> str | None:
@@ -87,7 +128,7 @@ def chat_problem(rec: Any) -> str | None:
         return "'messages' is not a list of objects"
     roles = [m.get("role") for m in msgs]
     if roles not in (["user", "assistant"], ["system", "user", "assistant"]):
-        return f"roles are {roles}, expected ['user', 'assistant'] with an optional leading 'system'"
+        return f"roles are {short(roles, 80)}, expected ['user', 'assistant'] with an optional leading 'system'"
     if not all(isinstance(m.get("content"), str) for m in msgs):
         return "a message content is not a string"
     if rec.get("category") not in CATEGORIES:
@@ -189,7 +230,7 @@ def input_tickets(ctx: CheckContext) -> list[dict[str, Any]]:
 def read_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise CandidateFault(f"{path.parent.name}/{path.name} was not written")
-    return path.read_bytes()
+    return _bounded(path).read_bytes()
 
 
 def where(ex: Example) -> str:

@@ -1,5 +1,5 @@
-"""The data-prep task pack: its generator, the shared tokenizer, its checks on garbage output, and
-the good solution checked on many hidden seeds.
+"""The data-prep task pack: its generator, the shared tokenizer, its checks on garbage and hostile
+output, and the good solution checked on many hidden seeds.
 
 The reference submissions are graded end to end in tests/tasks/test_reference_solutions.py."""
 
@@ -9,10 +9,12 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
@@ -109,24 +111,14 @@ GARBAGE = {
 @pytest.mark.parametrize("kind", sorted(GARBAGE))
 def test_checks_fail_cleanly_on_garbage(kind: str, data: tuple[Path, dict], tmp_path: Path) -> None:
     lines, stats = GARBAGE[kind]
-    runs = {}
     for variant in VARIANTS:
         out = tmp_path / variant
         out.mkdir()
         for name, text in (("train.jsonl", lines), ("val.jsonl", lines), ("stats.json", stats)):
             if text is not None:
                 (out / name).write_text(text, encoding="utf-8")
-        ok = ExecResult(returncode=0, duration_s=1.0, stdout_path=out / "o", stderr_path=out / "e")
-        runs[variant] = RunArtifacts(name=variant, argv=[], out_dir=out, result=ok)
-    ctx = make_ctx(*data)
-    for cid, fn in CHECKS.items():
-        if cid == "runs":
-            continue  # exit codes only
-        try:
-            outcome = fn(Artifacts(runs=runs), ctx)
-        except CandidateFault:
-            continue
-        assert outcome.status != "pass", f"{cid} passed garbage: {outcome.message}"
+    problems = run_checks(artifacts(tmp_path), make_ctx(*data))
+    assert set(problems) == set(CHECKS) - {"runs"}, f"passed garbage: {set(CHECKS) - {'runs'} - set(problems)}"
 
 
 # -- checks on the good solution's output, and on copies altered to break one check ----------
@@ -154,6 +146,106 @@ def test_length_filter_catches_a_too_long_ticket_truncated_on_its_long_side(long
         fh.write(json.dumps(record) + "\n")
     problem = run_checks(artifacts(tmp_path / "out"), make_ctx(*data))["length-filter"]
     assert problem.startswith("fail") and f"too-long tickets were kept (shortened?), e.g. {ticket['ticket_id']}" in problem
+
+
+# -- checks on hostile output: whatever a submission writes is its fail, never a grader error ---
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _pathological_text() -> str:
+    """1 MB that once stalled the checks (letters with no "@" took the e-mail pattern an hour),
+    with the other patterns' worst cases."""
+    quarter = 1 << 18
+    return "a" * quarter + "<a" + " " * quarter + "&#" + "1" * quarter + "x@" + "a." * (quarter // 2 - 3)
+
+
+def _add_field(name: str, value: str, file: str = "train.jsonl") -> Any:
+    """Damage: the first object in ``file`` gets (or overrides) a field written as raw JSON."""
+    def damage(out: Path) -> None:
+        lines = (out / file).read_text(encoding="utf-8").splitlines()
+        first = 0 if file.endswith(".jsonl") else len(lines) - 1  # stats.json spans lines; its "}" is last
+        lines[first] = lines[first].rstrip()[:-1] + f', "{name}": {value}}}'
+        (out / file).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return damage
+
+
+def _rewrite(file: str, make: Any) -> Any:
+    """Damage: ``file`` rewritten as ``make(its text)``."""
+    return lambda out: (out / file).write_text(make((out / file).read_text(encoding="utf-8")), encoding="utf-8")
+
+
+def _pathological_record(text: str) -> str:
+    record = {"messages": [{"role": "user", "content": _pathological_text()}, {"role": "assistant", "content": "Done."}],
+              "category": "billing"}
+    return json.dumps(record) + "\n" + text
+
+
+HOSTILE: dict[str, tuple[str, Any]] = {  # kind: (a check that must fail, how the main run's output is damaged)
+    "huge-int": ("schema-chat", _add_field("n", "1" + "0" * 5000)),
+    "deep-nesting": ("schema-chat", _add_field("n", _nested(100_000), "val.jsonl")),
+    "non-object-records": ("schema-chat", _rewrite("train.jsonl", lambda t: t + 'null\n[]\n"text"\n7\n')),
+    "too-many-records": ("schema-chat", _rewrite("train.jsonl", lambda t: t * 3)),
+    "oversized-file": ("schema-chat", _rewrite("val.jsonl", lambda t: t + " " * (grading.MAX_FILE_BYTES + 1))),
+    "pathological-text": ("length-filter", _rewrite("train.jsonl", _pathological_record)),
+    "stats-huge-int": ("stats-accurate", _add_field("input", "1" + "0" * 5000, "stats.json")),
+    "stats-deep": ("stats-accurate", _rewrite("stats.json", lambda _: _nested(100_000))),
+    "stats-not-object": ("stats-accurate", _rewrite("stats.json", lambda _: "[1, 2]")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_output_fails_the_check_it_breaks(kind: str, data: tuple[Path, dict], good_out: Path,
+                                                  tmp_path: Path) -> None:
+    must_fail, damage = HOSTILE[kind]
+    shutil.copytree(good_out, tmp_path / "out")
+    damage(tmp_path / "out" / "main")
+    start = time.perf_counter()
+    problems = run_checks(artifacts(tmp_path / "out"), make_ctx(*data))  # a crash would escape here
+    assert time.perf_counter() - start < 60
+    assert problems.get(must_fail, "pass").startswith(("fail", "partial")), problems
+
+
+def test_messages_show_any_value_read_from_a_submission() -> None:
+    deep: list = []
+    for _ in range(sys.getrecursionlimit()):
+        deep = [deep]
+    assert grading.short(deep, 40) == "a list nested too deep to show"
+    assert grading.short({"a": "x" * 500}, 20) == '{"a": "xxxxxxxxxxxx…'
+
+
+MB = 1 << 20
+ADVERSARIAL = {  # each 1 MB
+    "letters": "a" * MB,
+    "address-characters": ("a.+-_" * MB)[:MB],
+    "at-signs-without-dots": ("a" * 99 + "@") * (MB // 100),
+    "dotted-domain": "a@" + "b." * (MB // 2 - 1),
+    "open-tag": "<a" + " " * (MB - 2),
+    "open-tags": ("<a " * MB)[:MB],
+    "entity-digits": "&#" + "1" * (MB - 2),
+    "entity-names": "&a" * (MB // 2),
+    "digits": "1" * MB,
+    "phone-like": ("415.555" * MB)[:MB],
+}
+
+
+def test_patterns_take_linear_time_on_adversarial_text() -> None:
+    """Each pattern a check runs on a submission's text, on 1 MB built to make it backtrack."""
+    patterns = {"TAG": grading.TAG, "ENTITY": grading.ENTITY, "EMAIL": grading.EMAIL, "PHONE": grading.PHONE}
+    slow = {}
+    for (pname, pattern), (kind, text) in ((p, t) for p in patterns.items() for t in ADVERSARIAL.items()):
+        start = time.perf_counter()
+        pattern.search(text)
+        if (took := time.perf_counter() - start) >= 1.0:
+            slow[f"{pname} on {kind}"] = round(took, 2)
+    assert not slow
+
+
+def test_email_pattern_still_finds_addresses() -> None:
+    found = [m.group() for m in grading.EMAIL.finditer("mail a.b+c@mail.example.org, x@y.co or @nope.com and a@b")]
+    assert found == ["a.b+c@mail.example.org", "x@y.co"]
+    assert re.sub(grading.EMAIL, "[EMAIL]", "write to PRIYA_K@Example.COM.") == "write to [EMAIL]."
 
 
 # -- the good solution on many hidden seeds ----------------------------------------------------
