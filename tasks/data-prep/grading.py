@@ -151,6 +151,11 @@ def _example(split: str, line: int, rec: Any) -> Example | None:
     return Example(split, line, by_role.get("system"), by_role["user"], by_role["assistant"], rec.get("category"), clean)
 
 
+def readable(data: dict[str, list[Any]]) -> list[Example]:
+    """The records of one run that have a user and an assistant message."""
+    return [ex for s in SPLITS for i, rec in enumerate(data[s], 1) if (ex := _example(s, i, rec)) is not None]
+
+
 def examples(artifacts: Artifacts, ctx: CheckContext) -> list[Example]:
     """The main (chat) run's records. Unreadable ones are schema-chat's concern and skipped here,
     unless they are the majority, which makes the output unusable; so is keeping under half of
@@ -159,7 +164,7 @@ def examples(artifacts: Artifacts, ctx: CheckContext) -> list[Example]:
     def compute() -> list[Example]:
         data = rows(artifacts, ctx, "main")
         total = sum(len(v) for v in data.values())
-        found = [ex for s in SPLITS for i, rec in enumerate(data[s], 1) if (ex := _example(s, i, rec)) is not None]
+        found = readable(data)
         if total == 0:
             raise CandidateFault("train.jsonl and val.jsonl hold no records")
         if len(found) * 2 < total:
@@ -183,6 +188,25 @@ def too_long_kept(exs: list[Example], m: dict[str, Any]) -> list[dict[str, Any]]
     the long side leaves it intact, so a match on that key is exact."""
     users, replies = {key(e.user) for e in exs}, {key(e.assistant) for e in exs}
     return [p for p in m["too_long"] if key(p["user"]) in users or key(p["assistant"]) in replies]
+
+
+def known_drops(exs: list[Example], m: dict[str, Any]) -> dict[str, int]:
+    """How many tickets the output dropped for each reason, as far as the grader can tell.
+
+    Each planted removal has one cause, so a planted ticket that no record comes from was dropped
+    for it. A duplicate group that left k >= 1 records dropped the others as duplicates; one that
+    left none was altered beyond recognition (e.g. not redacted) and is not counted. Tickets
+    dropped for no reason the rules give (an over-eager filter) are not counted either.
+    """
+    users, pairs = {key(e.user) for e in exs}, pair_counts(exs)
+    duplicate = 0
+    for grp in m["exact_dups"] + m["near_dups"]:
+        left = pairs[pair_key(grp["variants"][0]["user"], grp["variants"][0]["assistant"])]
+        duplicate += max(0, len(grp["variants"]) - left) if left else 0
+    return {"empty": sum(key(p["user"]) not in users for p in m["empty"]),
+            "non_english": sum(key(p["user"]) not in users for p in m["non_english"]),
+            "duplicate": duplicate,
+            "too_long": len(m["too_long"]) - len(too_long_kept(exs, m))}
 
 
 def tokenizer(ctx: CheckContext) -> Any:

@@ -148,6 +148,18 @@ def test_length_filter_catches_a_too_long_ticket_truncated_on_its_long_side(long
     assert problem.startswith("fail") and f"too-long tickets were kept (shortened?), e.g. {ticket['ticket_id']}" in problem
 
 
+def test_stats_must_give_each_drop_its_reason(data: tuple[Path, dict], good_out: Path, tmp_path: Path) -> None:
+    shutil.copytree(good_out, tmp_path / "out")
+    stats_path = tmp_path / "out" / "main" / "stats.json"
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    dropped = stats["dropped"]
+    assert dropped == data[1]["counts"]["dropped"]
+    stats["dropped"] = {r: 0 for r in dropped} | {"too_long": sum(dropped.values())}
+    stats_path.write_text(json.dumps(stats), encoding="utf-8")
+    problem = run_checks(artifacts(tmp_path / "out"), make_ctx(*data))["stats-accurate"]
+    assert problem.startswith("fail") and f"dropped.empty is 0, but the files written show {dropped['empty']}" in problem
+
+
 # -- checks on hostile output: whatever a submission writes is its fail, never a grader error ---
 
 def _nested(depth: int) -> str:
