@@ -315,7 +315,7 @@ def test_good_passes_on_seeds_where_a_too_long_ticket_starts_a_kept_one(seed: st
 
 @pytest.mark.slow
 def test_good_passes_every_check_on_many_hidden_seeds() -> None:
-    """300 cohort seeds, in parallel; about 2 s of CPU per seed."""
+    """300 cohort seeds, in parallel: under 1 s of CPU each (100 s on two idle cores)."""
     fork = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=fork) as pool:
         problems = dict(zip(SWEEP_SEEDS, pool.map(_grade_good_in_temp, SWEEP_SEEDS)))
