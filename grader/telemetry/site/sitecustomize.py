@@ -11,8 +11,8 @@ transformers, peft and datasets are installed lazily: a ``sys.meta_path`` finder
 the loader of the few modules named in ``_PATCHERS`` and patches them right after they
 execute. ``open`` (builtins and io) is wrapped at once to note files opened for reading.
 
-Every model loaded through ``from_pretrained`` is watched for training: each sequence whose
-logits receive a gradient is fingerprinted (``tunegrade_fingerprint``: hashes of its token
+Every transformers model, however it is built, is watched for training: each sequence whose
+output (logits, a fused head's log-probabilities, the loss) receives a gradient is fingerprinted (``tunegrade_fingerprint``: hashes of its token
 n-grams), so the grader can tell which examples were trained on, whatever the training loop.
 
 Every hook calls the original first or last and swallows its own errors: the candidate's
@@ -255,20 +255,27 @@ def _activate(out_path):
         if full:
             flush_trained()
 
+    def graded_output(output):
+        """The output a backward pass goes through: the logits, or what a fused head returns instead
+        (TRL's per-token log-probabilities), or the loss; None when nothing requires a gradient."""
+        fields = [getattr(output, name, None) for name in ("logits", "log_probs", "loss")]
+        return next((t for t in fields if getattr(t, "requires_grad", False) and hasattr(t, "register_hook")), None)
+
     def watch_training(model):
-        """Fingerprint each sequence whose logits receive a gradient: what the model was trained on,
+        """Fingerprint each sequence whose output receives a gradient: what the model was trained on,
         whichever loop trained it (Trainer, TRL, a hand-written one); evaluation never backpropagates."""
         torch = sys.modules.get("torch")
-        if torch is None or fingerprint is None:
+        if torch is None or fingerprint is None or getattr(model, "_tunegrade_watched", False):
             return
+        model._tunegrade_watched = True
 
         def after_forward(module, args, kwargs, output):
             try:
                 if not torch.is_grad_enabled():
                     return
-                logits = getattr(output, "logits", None)
                 ids = kwargs.get("input_ids", args[0] if args else None)
-                if logits is None or not getattr(logits, "requires_grad", False) or not hasattr(ids, "tolist"):
+                watched = graded_output(output)
+                if watched is None or not hasattr(ids, "tolist"):
                     return
                 mask = kwargs.get("attention_mask")
                 rows = ids.detach().reshape(-1, ids.shape[-1]).tolist()
@@ -280,7 +287,7 @@ def _activate(out_path):
                     except Exception:
                         pass
 
-                logits.register_hook(on_gradient)
+                watched.register_hook(on_gradient)
             except Exception:
                 pass
 
@@ -300,10 +307,23 @@ def _activate(out_path):
             num_params=safe(lambda: param_counts(model)[1]),
             **facts,
         )
-        watch_training(model)
 
     def patch_modeling_utils(mod):
         wrap_classmethod(mod.PreTrainedModel, "from_pretrained", on_model_loaded)
+        original = mod.PreTrainedModel.post_init
+        if getattr(original, "_tunegrade", False):
+            return
+
+        def post_init(self, *args, **kwargs):  # the end of every model's __init__, however it was built
+            result = original(self, *args, **kwargs)
+            try:
+                watch_training(self)
+            except Exception:
+                pass
+            return result
+
+        _copy_meta(post_init, original)
+        mod.PreTrainedModel.post_init = post_init
 
     # ---- peft ------------------------------------------------------------------------------
     def peft_event(via, model, config, adapter_name, base=None):

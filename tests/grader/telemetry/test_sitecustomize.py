@@ -209,6 +209,7 @@ def test_trl_sft_run_is_recorded(runs):
     assert peft.config["r"] == 8
     assert tel.trainable_params * 10 < tel.total_params
     assert len(tel.losses) == 3 and len(tel.eval_losses) == 1
+    assert tel.trained_rows == 3 * 4 and tel.trained_ngrams > 0  # TRL's fused head returns log-probs, not logits
     [load] = tel.datasets_loaded
     assert load.via == "load_dataset" and load.path == "json"
     assert load.data_files == {"train": str(run.dir / "train.jsonl"), "validation": str(run.dir / "valid.jsonl")}
