@@ -6,27 +6,11 @@ says about itself (stats.json included) is believed without being recomputed.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
-from pathlib import Path
 
-from grader.checks import Artifacts, CandidateFault, CheckContext, Outcome, check, failed, graded, passed
+from grader.checks import Artifacts, CandidateFault, CheckContext, Outcome, check, failed, graded, passed, sibling_module
 
-
-def _sibling(name: str):
-    """Load a helper module next to this file (the grader loads checks.py by path, not as a package)."""
-    mod_name = f"_tunegrade_data_prep_{name}"
-    if mod_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(mod_name, Path(__file__).with_name(f"{name}.py"))
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[mod_name]
-
-
-g = _sibling("grading")
+g = sibling_module(__file__, "grading")
 SPLIT_TOLERANCE = 0.02
 REASONS = ("empty", "non_english", "duplicate", "too_long")
 
