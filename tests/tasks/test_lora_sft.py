@@ -11,6 +11,7 @@ from grader.checks import Artifacts, CheckContext, RunArtifacts
 from grader.inputs import prepare_inputs
 from grader.pipeline import GradeRequest, grade
 from grader.reference import reference_runs
+from grader.solutions import materialise
 from grader.tasks import get_task
 from sandbox import ExecResult, get_backend
 
@@ -110,3 +111,18 @@ def test_safe_artifacts_allows_what_honest_tools_write_and_refuses_pickles(tmp_p
     outcome = check_outputs(tmp_path / "pickle", shipped, "safe-artifacts",
                             {"adapter/training_args.json": pickle.dumps({"lr": 3e-3})})
     assert outcome.status == "fail" and "training_args.json (pickle)" in outcome.message
+
+
+@pytest.mark.slow
+def test_an_honest_slower_recipe_is_not_called_contaminated(tmp_path: Path) -> None:
+    """A lower learning rate on another cohort once read as training on val (its val/held-out gap moved as
+    much as contamination does): the gap alone no longer decides, what the trainer saw does."""
+    sub = materialise(PACK, "good", tmp_path / "low-lr")
+    train = sub / "train.py"
+    train.write_text(train.read_text().replace('"learning_rate": 3e-3', '"learning_rate": 1e-3'))
+    result = grade(GradeRequest(pack=PACK, source=sub, out=tmp_path / "out", candidate="low-lr",
+                                hidden_seed="corpus-cohort-b"))
+    checks = {c.id: c for c in result.checks}
+    for check_id in ("eval-uncontaminated", "learned-cohort-data", "metrics-honest", "within-budget"):
+        assert checks[check_id].status == "pass", (check_id, checks[check_id].evidence.message)
+    assert result.verdict in ("strong", "meets"), (result.verdict, result.score)

@@ -4,6 +4,10 @@ Each `solutions/good*` scores at least 90 with every check passing; each `soluti
 (a patch against good/, materialised by grader/solutions.py) fails the check its FLAW.md names
 (first line `check: <id>`) and is never rated "strong"; the starter does not pass. Grades run
 through the real pipeline and the default (local) sandbox.
+
+One cohort is not all cohorts: the good solutions, and a sample of the flawed ones, are also
+graded on other hidden seeds (OTHER_COHORTS), so a check that fails honest work on some cohorts
+is found here.
 """
 
 from __future__ import annotations
@@ -20,8 +24,21 @@ from grader.solutions import list_solutions, materialise
 from grader.tasks import TaskPack, discover
 
 PACKS = discover([])
-CASES = [(pack.id, sol.name) for pack in PACKS.values() for sol in list_solutions(pack)] + [
-    (pack.id, "starter") for pack in PACKS.values()]
+DEFAULT = "default"
+OTHER_COHORTS: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "data-prep": {"corpus-cohort-b": None, "corpus-cohort-c": ("good",)},
+    "lora-sft": {"corpus-cohort-b": ("good", "good-trl", "flawed-train-on-val", "flawed-hand-loop-on-val")},
+}
+"""Per task, the other hidden seeds and the solutions graded on each (None: all of them)."""
+CASES = [(pack.id, sol.name, DEFAULT) for pack in PACKS.values() for sol in list_solutions(pack)] + [
+    (pack.id, "starter", DEFAULT) for pack in PACKS.values()]
+CASES += [(task, sol.name, cohort) for task, cohorts in OTHER_COHORTS.items() for cohort, names in cohorts.items()
+          for sol in list_solutions(PACKS[task]) if names is None or sol.name in names]
+
+
+def case_id(case: tuple[str, str, str]) -> str:
+    task, name, cohort = case
+    return f"{task}/{name}" + ("" if cohort == DEFAULT else f"@{cohort}")
 
 
 def _source(pack: TaskPack, name: str, scratch: Path) -> Path:
@@ -36,16 +53,17 @@ def flaw_check(pack: TaskPack, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def graded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Result]:
+def graded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, str], Result]:
     """The selected cases graded (`-k data-prep` grades no lora-sft solution)."""
     root = tmp_path_factory.mktemp("corpus")
     selected = {item.callspec.params.get("case") for item in request.session.items if hasattr(item, "callspec")}
 
-    def one(case: tuple[str, str]) -> Result:
-        task, name = case
+    def one(case: tuple[str, str, str]) -> Result:
+        task, name, cohort = case
         pack = PACKS[task]
-        source = _source(pack, name, root / "src")
-        return grade(GradeRequest(pack=pack, source=source, out=root / task / name, candidate=name))
+        source = _source(pack, name, root / "src" / cohort)
+        return grade(GradeRequest(pack=pack, source=source, out=root / cohort / task / name, candidate=name,
+                                  hidden_seed=None if cohort == DEFAULT else cohort))
 
     # Tasks with a time budget are graded one at a time: a good solution must not blow its
     # budget because another grade shares the CPUs. The others run side by side, in threads,
@@ -60,7 +78,7 @@ def graded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [c for c in CASES if c[1].startswith("good")], ids="/".join)
+@pytest.mark.parametrize("case", [c for c in CASES if c[1].startswith("good")], ids=case_id)
 def test_good_solution_passes(case: tuple[str, str], graded: dict) -> None:
     result = graded[case]
     failing = {c.id: f"{c.status}: {c.evidence.message}" for c in result.checks if c.status != "pass"}
@@ -70,18 +88,20 @@ def test_good_solution_passes(case: tuple[str, str], graded: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [c for c in CASES if c[1].startswith("flawed-")], ids="/".join)
+@pytest.mark.parametrize("case", [c for c in CASES if c[1].startswith("flawed-")], ids=case_id)
 def test_flawed_solution_caught_by_its_check(case: tuple[str, str], graded: dict) -> None:
     result = graded[case]
     named = flaw_check(PACKS[case[0]], case[1])
     check = next(c for c in result.checks if c.id == named)
     assert check.status in ("fail", "partial") and check.score < 1, check.evidence.message
     assert result.verdict not in ("strong", "error", "incomplete"), result.verdict
+    if check.critical and check.status == "fail":
+        assert result.verdict in ("borderline", "below"), result.verdict
     assert all(r.returncode == 0 for r in result.runs if r.name == PACKS[case[0]].spec.main_run)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [c for c in CASES if c[1] == "starter"], ids="/".join)
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] == "starter"], ids=case_id)
 def test_starter_does_not_pass(case: tuple[str, str], graded: dict) -> None:
     result = graded[case]
     assert result.verdict == "below"
@@ -91,8 +111,10 @@ def test_starter_does_not_pass(case: tuple[str, str], graded: dict) -> None:
 @pytest.mark.parametrize("task", sorted(PACKS))
 def test_corpus_is_complete(task: str) -> None:
     pack = PACKS[task]
-    names = [n for t, n in CASES if t == task]
+    names = [n for t, n, cohort in CASES if t == task and cohort == DEFAULT]
     flawed = [n for n in names if n.startswith("flawed-")]
     assert "good" in names and len(flawed) >= 6
     ids = {c.id for c in pack.spec.checks}
     assert {flaw_check(pack, n) for n in flawed} <= ids
+    for cohort, sample in OTHER_COHORTS.get(task, {}).items():
+        assert sample is None or ("good" in sample and set(sample) <= set(names)), cohort
