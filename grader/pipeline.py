@@ -20,13 +20,16 @@ from grader.evaluate import run_checks
 from grader.execute import execute_runs, run_params
 from grader.inputs import Inputs, prepare_inputs
 from grader.intake import Submission, intake
-from grader.reference import reference_runs
+from grader.reference import grade_references
 from grader.result import Ref, Result, RunRecord, Timings, save_result
 from grader.rubric import load_rubrics
 from grader.scoring import grade_score, rollup, verdict, weighted_score
 from grader.tasks import TaskPack
 from grader.telemetry import read_telemetry
 from sandbox import Sandbox, SandboxUnavailable, get_backend
+
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) "
+                "or grade with --backend docker")
 
 @dataclass
 class GradeRequest:
@@ -81,10 +84,6 @@ def _open_sandbox(name: str, options: dict[str, str]) -> Sandbox:
         raise GraderFault(f"sandbox backend {name!r} is unavailable: {exc}") from None
 
 
-INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) "
-                "or grade with --backend docker")
-
-
 def require_isolation(sandbox: Sandbox, allowed: bool) -> None:
     """Fail closed: never run candidate code without isolation unless the operator said so."""
     iso = sandbox.isolation()
@@ -137,20 +136,9 @@ def grade(req: GradeRequest) -> Result:
 
         prepared = prepare_inputs(pack, scratch / "inputs", public=req.public, hidden_seed=req.hidden_seed,
                                   base_model=req.base_model)
-        inputs, manifest, variant, base = prepared.mounts, prepared.manifest, prepared.variant, prepared.base
-        base_sha = base.sha256 if base else None
-        ref_spec = pack.spec.reference
-        # The self-check runs visible checks only: the first reference run is all they may need.
-        seeds = [req.seed + i for i in range(1 if req.public else ref_spec.seeds)] if ref_spec else []
-        references = reference_runs(pack, inputs, sandbox, seeds, variant, base_sha)
-        public_reference = None
-        if ref_spec and ref_spec.public and not req.public:
-            public = prepare_inputs(pack, scratch / "public-inputs", public=True, hidden_seed=None,
-                                    base_model=req.base_model)
-            try:
-                public_reference = reference_runs(pack, public.mounts, sandbox, seeds[:1], public.variant, base_sha)[0]
-            finally:
-                public.remove()
+        inputs, base = prepared.mounts, prepared.base
+        references, public_reference = grade_references(pack, prepared, sandbox, req.seed, req.public,
+                                                         req.base_model, scratch / "public-inputs")
         t_inputs = time.perf_counter()
 
         runs = execute_runs(pack, submission.root, inputs, sandbox, req.seed, out / RUNS_DIR, scratch)
@@ -161,14 +149,13 @@ def grade(req: GradeRequest) -> Result:
             inputs=inputs,
             params=run_params(pack, pack.spec.main_run, req.seed),
             seed=req.seed,
-            manifest=manifest,
+            manifest=prepared.manifest,
             data_dir=prepared.grader_dir,
             spec=pack.spec,
             device=resolve_device(req.device) if base else "cpu",
         )
         artifacts = Artifacts(runs=runs, references=references, public_reference=public_reference)
-        checks = run_checks(pack, artifacts, ctx, visible_only=req.public,
-                            time_scale=req.time_scale)
+        checks = run_checks(pack, artifacts, ctx, visible_only=req.public, time_scale=req.time_scale)
         t_checks = time.perf_counter()
     finally:
         if prepared is not None:
@@ -190,7 +177,7 @@ def grade(req: GradeRequest) -> Result:
         candidate=req.candidate or submission.name,
         submission_sha256=submission.sha256,
         submission_source=submission.source,
-        hidden_variant=variant,
+        hidden_variant=prepared.variant,
         backend=req.backend,
         isolation=sandbox.isolation(),
         base_model=base.record() if base else None,

@@ -18,6 +18,7 @@ from grader.checks.base import RunArtifacts
 from grader.constants import cache_root
 from grader.environment import environment
 from grader.execute import execute_runs
+from grader.inputs import Inputs, prepare_inputs
 from grader.intake import tree_sha256
 from grader.tasks import TaskPack
 from sandbox import ExecResult, Sandbox
@@ -102,3 +103,23 @@ def _reference_run(pack: TaskPack, inputs: dict[str, Path], sandbox: Sandbox, se
     except OSError:  # another grader finished the same reference first
         shutil.rmtree(tmp, ignore_errors=True)
     return _load(root)
+
+
+def grade_references(pack: TaskPack, inputs: Inputs, sandbox: Sandbox, seed: int, self_check: bool, base_model: str,
+                     public_mounts: Path) -> tuple[list[RunArtifacts], RunArtifacts | None]:
+    """The reference runs one grade needs: at its seed and the task's further seeds, and on the public
+    inputs (prepared under ``public_mounts``) where the task asks. The self-check runs visible checks
+    only, which need the first run at most."""
+    spec = pack.spec.reference
+    if spec is None:
+        return [], None
+    base_sha = inputs.base.sha256 if inputs.base else None
+    seeds = [seed + i for i in range(1 if self_check else spec.seeds)]
+    references = reference_runs(pack, inputs.mounts, sandbox, seeds, inputs.variant, base_sha)
+    if not spec.public or self_check:
+        return references, None
+    public = prepare_inputs(pack, public_mounts, public=True, hidden_seed=None, base_model=base_model)
+    try:
+        return references, reference_runs(pack, public.mounts, sandbox, seeds[:1], public.variant, base_sha)[0]
+    finally:
+        public.remove()
