@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from grader.checks.base import Artifacts, CheckContext, InfraFault, Outcome, check, failed, passed
+from grader.taskspec import Budget
 from grader.telemetry import Telemetry, read_telemetry
 
 
@@ -31,7 +30,7 @@ def run_telemetry(artifacts: Artifacts, ctx: CheckContext) -> Telemetry:
     return ctx.memo("telemetry", lambda: read_telemetry(run.telemetry_path) if run.telemetry_path else Telemetry(present=False))
 
 
-def _cpu_budget(artifacts: Artifacts, budget: Any) -> tuple[float, str]:
+def _cpu_budget(artifacts: Artifacts, budget: Budget) -> tuple[float, str]:
     """(CPU-seconds allowed, how): relative to the reference run on this host where the task says so."""
     ref = artifacts.references[0].result if artifacts.references else None
     if budget.reference_cpu_factor and ref is not None and ref.ok and ref.cpu_s:
