@@ -240,6 +240,8 @@ def _context(kind: Kind) -> Iterator[Path]:
 
 
 def _save(client: docker.DockerClient, tag: str, dest: Path) -> None:
+    """Keep the image as a tar in the cache (its folder may not exist yet: an image built elsewhere)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_suffix(".tar.partial")
     with partial.open("wb") as f:
         for chunk in client.images.get(tag).save(named=True):

@@ -184,3 +184,13 @@ def test_cpu_image_holds_no_wheelhouse_and_matches_its_digest(engine, cpu_image)
     assert not [h for h in image.history() if "wheelhouse" in (h.get("CreatedBy") or "")]
     assert image.labels.get(images.LABEL) == "cpu"
     assert images.saved_image_path(cpu_image).is_file()
+
+
+@pytest.mark.docker
+def test_saving_into_a_cache_folder_that_does_not_exist_yet(engine, cpu_image, tmp_path):
+    """An image already in the engine beside a fresh TUNEGRADE_CACHE is saved there, not a crash (the small
+    base image stands in for the candidate image, which takes gigabytes)."""
+    base = images.base_image()
+    dest = tmp_path / "fresh-cache" / "images" / "base.tar"
+    images._save(engine, base, dest)
+    assert dest.is_file() and dest.stat().st_size > 1 << 20 and not dest.with_suffix(".tar.partial").exists()
