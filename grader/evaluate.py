@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import threading
 import traceback
@@ -22,8 +23,10 @@ def call_with_deadline(call: Callable[[], Outcome], seconds: float) -> Outcome:
     """``call()``, stopped with :class:`CheckTimeout` after ``seconds``.
 
     In the main thread an interval timer interrupts the check wherever it is (Python code, or C code
-    that checks for signals, such as ``re``). Elsewhere the check runs in a daemon thread and is
-    abandoned at the deadline: it cannot be interrupted, but the grade does not wait for it.
+    that checks for signals, such as ``re``). Elsewhere the check runs in a daemon thread; at the
+    deadline the grade stops waiting and :class:`CheckTimeout` is raised inside that thread, which
+    ends it at its next Python instruction (a check stuck in one long C call ends when that returns),
+    so an abandoned check does not keep a core and the GIL for the rest of the process.
     """
     if threading.current_thread() is threading.main_thread():
         def on_alarm(signum: int, frame: object) -> None:
@@ -48,6 +51,7 @@ def call_with_deadline(call: Callable[[], Outcome], seconds: float) -> Outcome:
     worker.start()
     worker.join(seconds)
     if not box:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(CheckTimeout))
         raise CheckTimeout
     if isinstance(box[0], BaseException):
         raise box[0]

@@ -45,7 +45,7 @@ def test_a_check_past_its_limit_errors_in_the_main_thread(fn) -> None:  # type: 
     assert threading.current_thread() is threading.main_thread()
 
 
-def test_a_check_past_its_limit_errors_in_a_worker_thread() -> None:
+def test_a_check_past_its_limit_errors_in_a_worker_thread_and_is_stopped() -> None:
     box = []
     worker = threading.Thread(target=lambda: box.append(_outcome(spin, ARTIFACTS, CTX, 0.3)))
     t0 = time.monotonic()
@@ -53,6 +53,11 @@ def test_a_check_past_its_limit_errors_in_a_worker_thread() -> None:
     worker.join(10)
     assert box and box[0].status == "error" and "within its" in box[0].message
     assert time.monotonic() - t0 < 5
+    # The abandoned check must not spin on for the rest of the process, holding a core and the GIL.
+    deadline = time.monotonic() + 10
+    while any(t.name == "tunegrade-check" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "tunegrade-check" for t in threading.enumerate())
 
 
 def test_outcomes_and_exceptions_pass_through_the_deadline() -> None:
