@@ -2,8 +2,8 @@
 
 The grader's share is everything but the candidate's process: intake, input generation,
 sandbox set-up, the checks' own measurements (model loads, NLL on hidden data) and the report.
-The reference solution's run is cached; a first, cold grade pays for it once and is reported
-apart. Usage: python benchmarks/bench_grade.py [--task lora-sft] [--base-model tiny] [--repeat 2]
+The reference solution's runs, and the grader's measurements of them and of the base model, are
+cached; a first, cold grade pays for them once and is reported apart. Usage: python benchmarks/bench_grade.py [--task lora-sft] [--base-model tiny] [--repeat 2]
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from grader.evaluation.loading import (
     adapter_tensors,
     load_adapter,
     load_model,
+    resolve_device,
     validate_adapter_dir,
 )
 from grader.evaluation.nll import EncodedExample, ExampleNLL, NLLResult, encode_chat, encode_phrase, response_nll
@@ -41,6 +42,7 @@ __all__ = [
     "load_model",
     "normalise",
     "paired_bootstrap_delta",
+    "resolve_device",
     "response_nll",
     "rouge_l",
     "validate_adapter_dir",

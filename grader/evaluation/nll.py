@@ -85,6 +85,20 @@ class NLLResult:
     """Counted (assistant) tokens over all records."""
     examples: tuple[ExampleNLL, ...]
 
+    @classmethod
+    def from_examples(cls, examples: Sequence[tuple[float, int]]) -> NLLResult:
+        """The totals of per-record ``(nll_sum, n_tokens)``."""
+        total_tokens = sum(n for _, n in examples)
+        if total_tokens == 0:
+            raise RecordError("no counted tokens: every assistant turn was truncated away")
+        mean = math.fsum(s for s, _ in examples) / total_tokens
+        return cls(
+            mean_nll=mean,
+            perplexity=math.exp(mean) if mean < 709 else math.inf,
+            n_tokens=total_tokens,
+            examples=tuple(ExampleNLL(s, n) for s, n in examples),
+        )
+
     def bootstrap_inputs(self) -> tuple[list[float], list[int]]:
         """``(per-record mean NLL, per-record token count)``: as ``values, weights`` for
         :func:`grader.evaluation.bootstrap.bootstrap_ci` their weighted mean is exactly ``mean_nll``."""
@@ -205,16 +219,7 @@ def response_nll(model: Any, encoded: Sequence[EncodedExample], batch_tokens: in
             for i, s in zip(batch, batch_sums):
                 sums[i] = s
                 counts[i] = encoded[i].n_counted
-    total_tokens = sum(counts)
-    if total_tokens == 0:
-        raise RecordError("no counted tokens: every assistant turn was truncated away")
-    mean = math.fsum(sums) / total_tokens
-    return NLLResult(
-        mean_nll=mean,
-        perplexity=math.exp(mean) if mean < 709 else math.inf,
-        n_tokens=total_tokens,
-        examples=tuple(ExampleNLL(s, n) for s, n in zip(sums, counts)),
-    )
+    return NLLResult.from_examples(list(zip(sums, counts)))
 
 
 def _batch_nll(

@@ -137,7 +137,7 @@ def heldout_improves(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
 
     adapter = m.adapter_dir(artifacts)
     base, cand = m.nll(ctx, None, "test"), m.nll(ctx, adapter, "test")
-    ref = m.nll(ctx, m.reference_adapter(artifacts), "test")
+    ref = m.nll(ctx, m.reference_adapter(artifacts), "test", trusted=True)
     span = base.mean_nll - ref.mean_nll
     if span <= 0:
         raise InfraFault(f"the reference solution does not improve on the base model ({ref.mean_nll:.4f} vs "
@@ -168,8 +168,8 @@ def learned_cohort_data(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     scored from an adapter trained on the public data (0) to the reference trained on these files (1), so
     an adapter trained beforehand and shipped, or trained on other data, fails."""
     phrase = m.manifest_entry(ctx, "signature")["text"]
-    public = m.nll(ctx, artifacts.public_reference_out() / "adapter", "signature").mean_nll
-    ref = m.nll(ctx, m.reference_adapter(artifacts), "signature").mean_nll
+    public = m.nll(ctx, artifacts.public_reference_out() / "adapter", "signature", trusted=True).mean_nll
+    ref = m.nll(ctx, m.reference_adapter(artifacts), "signature", trusted=True).mean_nll
     cand = m.nll(ctx, m.adapter_dir(artifacts), "signature")
     base = m.nll(ctx, None, "signature").mean_nll
     span = public - ref
@@ -230,11 +230,12 @@ def eval_uncontaminated(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
                      f"{n_val} validation records")
     gap = m.nll(ctx, adapter, "test").mean_nll - m.nll(ctx, adapter, "val").mean_nll
     refs = [m.reference_adapter(artifacts, i) for i in range(len(artifacts.references))]
-    ref_gaps = [m.nll(ctx, r, "test").mean_nll - m.nll(ctx, r, "val").mean_nll for r in refs]
+    ref_gaps = [m.nll(ctx, r, "test", trusted=True).mean_nll - m.nll(ctx, r, "val", trusted=True).mean_nll
+                for r in refs]
     if not ref_gaps:
         raise InfraFault("no reference runs to calibrate the gap on")
     sigma = max(statistics.stdev(ref_gaps) if len(ref_gaps) > 1 else 0.0, GAP_MIN_SIGMA)
-    improvement = m.nll(ctx, None, "test").mean_nll - m.nll(ctx, refs[0], "test").mean_nll
+    improvement = m.nll(ctx, None, "test").mean_nll - m.nll(ctx, refs[0], "test", trusted=True).mean_nll
     limit = statistics.fmean(ref_gaps) + GAP_SIGMAS * sigma + GAP_RECIPE_SHARE * max(improvement, 0.0)
     data |= {"gap": round(gap, 4), "reference_gaps": [round(g, 4) for g in ref_gaps], "limit": round(limit, 4)}
     if gap > limit:

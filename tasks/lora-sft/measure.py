@@ -7,18 +7,25 @@ cohort's sign-off signature, which only training on this cohort's files teaches)
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from grader.checks import Artifacts, CheckContext, InfraFault
 from grader.checks.library import run_telemetry
+from grader.intake import tree_sha256
+from grader.measurements import stored
 from grader.telemetry import trained_fingerprints
 from grader.telemetry.site import tunegrade_fingerprint as fingerprint
 
 SPLITS = {"train": "train.jsonl", "val": "val.jsonl"}
+EXAMPLES = TypeAdapter(list[tuple[float, int]])
+"""How a stored NLL is kept: each record's (summed NLL, counted tokens), in the input order."""
 OWN_SHARE = 0.5
 """An example counts as trained on when at least this share of its own n-grams (those no other example
 and no training record has) were among the sequences the run trained on."""
@@ -63,8 +70,12 @@ def encoded(ctx: CheckContext, name: str) -> Any:
     return ctx.memo(f"encoded:{name}", encode)
 
 
-def nll(ctx: CheckContext, adapter: Path | None, name: str) -> Any:
-    """Response-only NLL of base (adapter None) or base + adapter, merged; adapters are validated first."""
+def nll(ctx: CheckContext, adapter: Path | None, name: str, *, trusted: bool = False) -> Any:
+    """Response-only NLL of base (adapter None) or base + adapter, merged; adapters are validated first.
+
+    ``trusted``: the adapter is the grader's own (a reference run's), so, like the base model's, its
+    measurement is kept across the grades of a cohort (:mod:`grader.measurements`).
+    """
 
     def compute() -> Any:
         from grader.evaluation import load_adapter, load_model, response_nll
@@ -74,7 +85,24 @@ def nll(ctx: CheckContext, adapter: Path | None, name: str) -> Any:
             model = load_adapter(model, adapter, merge=True)
         return response_nll(model, encoded(ctx, name))
 
-    return ctx.memo(f"nll:{adapter}:{name}", compute)
+    def stored_compute() -> Any:
+        from grader.evaluation import NLLResult, resolve_device
+
+        parts = ["lora-sft/nll", ctx.memo("model-digest", lambda: tree_sha256(ctx.inputs["model"])),
+                 tree_sha256(adapter) if adapter is not None else None, encoded_digest(ctx, name),
+                 resolve_device(ctx.device)]
+        examples = stored(parts, lambda: [tuple(e) for e in compute().examples], EXAMPLES)
+        return NLLResult.from_examples(examples)
+
+    return ctx.memo(f"nll:{adapter}:{name}", stored_compute if trusted or adapter is None else compute)
+
+
+def encoded_digest(ctx: CheckContext, name: str) -> str:
+    def digest() -> str:
+        rows = [[e.input_ids, e.counted] for e in encoded(ctx, name)]
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+    return ctx.memo(f"encoded-digest:{name}", digest)
 
 
 def reference_adapter(artifacts: Artifacts, index: int = 0) -> Path:
