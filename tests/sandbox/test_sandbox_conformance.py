@@ -225,8 +225,10 @@ def test_command_that_kills_its_supervisor_still_dies(tree_env, request):
         expected_failure(request, env, {"process": "without a cgroup, a setsid'd process escapes once the "
                                                    "supervisor is dead (stated in isolation().notes)"})
     tag = marker()
+    # os.wait(): the first child exits only once the daemon is in its own session, so the supervisor
+    # dies after the escape, never before it (which would make the outcome a race).
     code = DAEMON.replace("print('parent running', flush=True)",
-                          "import signal; os.kill(os.getppid(), signal.SIGKILL)")
+                          "os.wait(); import signal; os.kill(os.getppid(), signal.SIGKILL)")
     t0 = time.monotonic()
     r = env.run(py(code, str(env.sb.path_for(env.workdir)) + "/escaped.txt", tag, "1.5", "30"), wall_time_s=20)
     assert not r.ok and not r.timed_out
