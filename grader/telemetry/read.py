@@ -5,8 +5,11 @@ What it records
     models loaded (``PreTrainedModel.from_pretrained``), PEFT adapters applied
     (``get_peft_model``, ``PeftModel.from_pretrained``), each ``Trainer`` built (class and key
     arguments) and each ``Trainer.train`` (trainable/total parameters at start and end, the
-    parameters the optimizer holds), every ``Trainer.log`` (training loss, eval_loss, step),
-    ``datasets.load_dataset``/``load_from_disk`` calls, files opened for reading through
+    parameters the optimizer holds; at start, how its model's linear layers are quantised and
+    which LoRA layers sit on bitsandbytes 4-bit ones, :class:`QuantizationFacts`; at end, how
+    many forward calls went through bitsandbytes ``Linear4bit`` layers during it, with gradients
+    enabled, and on the trainer's model's own layers), every ``Trainer.log`` (training loss,
+    eval_loss, step), ``datasets.load_dataset``/``load_from_disk`` calls, files opened for reading through
     ``open``/``io.open``/``pathlib``, fingerprints of every sequence that received a gradient
     (``trained_tokens``: token n-gram hashes, see ``site/tunegrade_fingerprint.py``), and at exit
     the wall time, peak RSS and peak CUDA memory.
@@ -26,7 +29,10 @@ Honest limits
     The candidate's code runs in the same process as the hooks. It can undo them, skip them
     (``python -I``/``-S``/``-E``, ``os._exit``, a subclass that never calls ``super()``), or
     write to or delete the file. Reads by native code (pyarrow, safetensors, tokenizers) and
-    through ``os.open`` are not seen. So telemetry is evidence, never proof: checks cross-check
+    through ``os.open`` are not seen. The quantisation facts describe ``trainer.model`` when
+    ``train`` starts (a model swapped in later is not scanned), and the 4-bit forward counter is
+    a class-level wrapper of ``Linear4bit.forward`` (a subclass overriding ``forward`` without
+    ``super()`` is not counted). So telemetry is evidence, never proof: checks cross-check
     it with artifacts the grader measures itself (adapter files, parameter counts of saved
     weights, the sandbox's own timing and memory), and a missing, truncated or garbled file,
     or a run without its ``exit`` event, is itself evidence. Every line is validated; lines
@@ -42,7 +48,13 @@ import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from grader.schema import Strict
 from sandbox import Mount
@@ -130,6 +142,48 @@ class TrainerInitEvent(_Event):
     eval_rows: int | None
 
 
+class QuantizationFacts(Strict):
+    """How a trainer's model was built, from one pass over its ``named_modules`` at train start.
+
+    4-bit layers are bitsandbytes ``Linear4bit`` (or a subclass, e.g. ``LinearNF4``); their
+    ``weight.quant_state`` gives the quant type and whether the quantisation constants were
+    themselves quantised (``nested``: QLoRA's double quantisation). Full-precision linear layers are
+    plain ``torch.nn.Linear`` (or a subclass from neither peft nor a quantisation library) that are
+    base weights: LoRA's own ``lora_A``/``lora_B`` submodules and the output head are excluded, so a
+    QLoRA model has none and plain LoRA on a float base has one per adapted or frozen projection.
+    """
+
+    linear4bit: NonNegativeInt = Field(description="bitsandbytes Linear4bit layers.")
+    quant_types: list[str] = Field(description='Distinct quant_state.quant_type ("nf4", "fp4"; "none": not quantised).')
+    double_quant: list[bool] = Field(description="Distinct quant_state.nested: True is double quantisation.")
+    compute_dtypes: list[str] = Field(description="Distinct compute_dtype of the 4-bit layers, e.g. torch.float32.")
+    quant_storage: list[str] = Field(description="Distinct storage dtype of the packed 4-bit weights.")
+    other_quantized: NonNegativeInt = Field(
+        description="Other quantised linear layers (bitsandbytes Linear8bitLt, GPTQ, AWQ, HQQ, ...; a plain "
+        "Linear whose weight is a quantisation library's tensor or not floating point)."
+    )
+    other_quantized_kinds: list[str] = Field(
+        description="Their classes, module-qualified (for a plain Linear, with [weight class:dtype]); at most 20."
+    )
+    full_precision_linear: NonNegativeInt = Field(description="Base linear layers left in full precision.")
+    full_precision_dtypes: list[str] = Field(description="Distinct dtypes of their weights, e.g. torch.bfloat16.")
+    full_precision_examples: list[str] = Field(description="Names of the first five.")
+    lora_layers: NonNegativeInt = Field(description="peft LoRA layers (modules with lora_A and base_layer).")
+    lora_on_4bit: NonNegativeInt = Field(description="Of those, the ones whose (innermost) base layer is 4-bit.")
+    lora_trainable: NonNegativeInt = Field(description="LoRA layers with a lora_A/lora_B parameter requiring grad.")
+    lora_trainable_on_4bit: NonNegativeInt = Field(description="Of those, the ones on a 4-bit base layer.")
+    lora_base_types: list[str] = Field(description="Distinct class names of the LoRA layers' base layers.")
+    modules_scanned: NonNegativeInt
+    capped: bool = Field(description="The scan stopped at its cap; the counts are then lower bounds.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuantizationFacts:
+        subsets = self.lora_trainable_on_4bit <= min(self.lora_on_4bit, self.lora_trainable)
+        if not subsets or max(self.lora_on_4bit, self.lora_trainable) > self.lora_layers:
+            raise ValueError("LoRA layer counts are inconsistent (a subset larger than its set)")
+        return self
+
+
 class TrainStartEvent(_Event):
     """``Trainer.train`` was entered."""
 
@@ -142,6 +196,9 @@ class TrainStartEvent(_Event):
     trainable_params: int | None
     total_params: int | None
     peft_configs: dict[str, dict[str, Any]] | None
+    quantization: QuantizationFacts | None = Field(
+        None, description="The trainer's model's linear layers; None when it could not be scanned (or older files)."
+    )
 
 
 class TrainEndEvent(_Event):
@@ -155,6 +212,23 @@ class TrainEndEvent(_Event):
     total_params: int | None
     optimizer_params: int | None = Field(description="Parameters held by the optimizer's param groups.")
     error: str | None = Field(description="Exception type if train raised.")
+    quant4_forwards: NonNegativeInt | None = Field(
+        None, description="bitsandbytes Linear4bit forward calls during this train call, any model, any thread."
+    )
+    quant4_grad_forwards: NonNegativeInt | None = Field(
+        None, description="Of those, the calls made with gradients enabled (training, not evaluation)."
+    )
+    quant4_grad_forwards_in_model: NonNegativeInt | None = Field(
+        None, description="Of those, the calls on the trainer's model's own 4-bit layers (as scanned at start)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainEndEvent:
+        counts = [self.quant4_forwards, self.quant4_grad_forwards, self.quant4_grad_forwards_in_model]
+        known = [c for c in counts if c is not None]
+        if known != sorted(known, reverse=True):
+            raise ValueError("4-bit forward counts are inconsistent (a subset larger than its set)")
+        return self
 
 
 class LogEvent(_Event):
@@ -258,6 +332,10 @@ class TrainRun(Strict):
     trainable_params_end: int | None = None
     optimizer_params: int | None = None
     error: str | None = None
+    quantization: QuantizationFacts | None = Field(None, description="At train start (TrainStartEvent).")
+    quant4_forwards: int | None = Field(None, description="At train end (TrainEndEvent).")
+    quant4_grad_forwards: int | None = None
+    quant4_grad_forwards_in_model: int | None = None
 
 
 class Telemetry(Strict):
@@ -416,6 +494,7 @@ def summarise(events: list[Any], *, malformed: int = 0, truncated: bool = False)
                     trainable_params=ev.trainable_params,
                     total_params=ev.total_params,
                     peft_configs=ev.peft_configs,
+                    quantization=ev.quantization,
                 )
             )
         elif isinstance(ev, TrainEndEvent):
@@ -424,6 +503,8 @@ def summarise(events: list[Any], *, malformed: int = 0, truncated: bool = False)
                 run = open_runs[-1]
                 run.ended, run.wall_s, run.global_step, run.error = True, ev.wall_s, ev.global_step, ev.error
                 run.trainable_params_end, run.optimizer_params = ev.trainable_params, ev.optimizer_params
+                run.quant4_forwards, run.quant4_grad_forwards = ev.quant4_forwards, ev.quant4_grad_forwards
+                run.quant4_grad_forwards_in_model = ev.quant4_grad_forwards_in_model
         elif isinstance(ev, LogEvent) and ev.step is not None:
             if "loss" in ev.logs:
                 tel.losses.append((ev.step, ev.logs["loss"]))

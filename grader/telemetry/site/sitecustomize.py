@@ -7,13 +7,17 @@ every Python process of the run (subprocesses inherit ``PYTHONPATH``) appends on
 per line to that file.
 
 Only the standard library is imported here, so ``python -c pass`` stays fast. Hooks on
-transformers, peft and datasets are installed lazily: a ``sys.meta_path`` finder wraps
+transformers, peft, datasets and bitsandbytes are installed lazily: a ``sys.meta_path`` finder wraps
 the loader of the few modules named in ``_PATCHERS`` and patches them right after they
 execute. ``open`` (builtins and io) is wrapped at once to note files opened for reading.
 
 Every transformers model, however it is built, is watched for training: each sequence whose
 output (logits, a fused head's log-probabilities, the loss) receives a gradient is fingerprinted (``tunegrade_fingerprint``: hashes of its token
 n-grams), so the grader can tell which examples were trained on, whatever the training loop.
+
+Each ``Trainer.train`` records how its model's linear layers are quantised (bitsandbytes 4-bit,
+other quantised kinds, full precision; LoRA layers on 4-bit bases), and how many forward calls
+went through bitsandbytes ``Linear4bit`` layers during it (a class-level counter, no event per call).
 
 Every hook calls the original first or last and swallows its own errors: the candidate's
 program must behave exactly as without telemetry. The event format is documented in
@@ -33,6 +37,7 @@ FORMAT_VERSION = 1
 MAX_EVENT_CHARS = 65536
 MAX_FILES = 5000
 MAX_LOG_EVENTS = 200000
+MAX_SCAN_MODULES = 200000  # modules looked at per quantization scan (a 70B model has a few thousand)
 FINGERPRINT_FLUSH = 2000  # new hashes per trained_tokens event (about 34,000 characters)
 TRAINER_ARGS = """
     learning_rate num_train_epochs max_steps per_device_train_batch_size per_device_eval_batch_size
@@ -41,6 +46,13 @@ TRAINER_ARGS = """
     optim max_grad_norm use_cpu load_best_model_at_end report_to max_length packing completion_only_loss
     assistant_only_loss dataset_text_field
 """.split()  # recorded from TrainingArguments / SFTConfig when present
+QUANT_LIBS = """
+    bitsandbytes auto_gptq gptqmodel awq hqq optimum quanto torchao eetq fbgemm_gpu aqlm vptq compressed_tensors
+    marlin exllama exllamav2 quark spqr_quant fp_quant higgs flute
+""".split()  # top-level packages whose Linear-like classes count as quantised
+LORA_PARTS = frozenset(
+    "lora_A lora_B lora_embedding_A lora_embedding_B lora_magnitude_vector lora_dropout".split()
+)  # a LoRA layer's own submodules, never base weights
 
 
 def _activate(out_path):
@@ -186,6 +198,132 @@ def _activate(out_path):
         quant = getattr(config, "quantization_config", None)
         facts["quantization_config"] = clean(quant) if quant is not None else None
         return facts
+
+    # ---- quantisation of a trainer's model, and forwards through 4-bit layers -----------------------
+    quant4 = {"calls": 0, "grad": 0, "grad_in_model": 0, "watched": frozenset()}
+
+    def is_linear4bit(module):
+        """A bitsandbytes 4-bit linear layer (Linear4bit, or its LinearNF4/LinearFP4 subclasses)."""
+        return any(
+            c.__name__ == "Linear4bit" and c.__module__.startswith("bitsandbytes") for c in type(module).__mro__
+        )
+
+    def quantization_facts(model):
+        """One capped pass over ``named_modules``: what the base linear layers are (4-bit, other
+        quantised, full precision), and which LoRA layers sit on 4-bit ones. Also returns the ids of
+        the 4-bit layers (watched by the forward counter)."""
+        torch = sys.modules.get("torch")
+        linear = getattr(getattr(torch, "nn", None), "Linear", None)
+        if model is None or linear is None or not hasattr(model, "named_modules"):
+            return None, frozenset()
+        head = safe(model.get_output_embeddings) if hasattr(model, "get_output_embeddings") else None
+        head_ids = {id(m) for m in head.modules()} if hasattr(head, "modules") else set()
+        n4 = other = full = lora = lora4 = lora_trainable = lora_trainable4 = scanned = 0
+        quant_types, double, compute, storage = set(), set(), set(), set()
+        other_kinds, lora_bases, full_dtypes, examples, ids4 = set(), set(), set(), [], set()
+        capped = False
+        for name, module in model.named_modules():
+            scanned += 1
+            if scanned > MAX_SCAN_MODULES:
+                capped = True
+                break
+            cls = type(module)
+            origin = cls.__module__ or ""
+            parts = name.split(".")
+            if is_linear4bit(module):
+                n4 += 1
+                ids4.add(id(module))
+                weight = getattr(module, "weight", None)
+                state = getattr(weight, "quant_state", None)
+                if state is None:
+                    quant_types.add("none")  # not (yet) quantised: quant_state is set when it is
+                else:
+                    quant_types.add(str(getattr(state, "quant_type", None)))
+                    double.add(bool(getattr(state, "nested", False)))
+                compute.add(str(getattr(module, "compute_dtype", None)))
+                storage.add(str(getattr(weight, "quant_storage", getattr(module, "quant_storage", None))))
+            elif (origin.split(".")[0] in QUANT_LIBS and ("Linear" in cls.__name__ or isinstance(module, linear))) or (
+                origin.startswith("transformers.integrations.") and "Linear" in cls.__name__
+            ):
+                other += 1
+                other_kinds.add(f"{origin}.{cls.__name__}")
+            elif (
+                isinstance(module, linear)
+                and not origin.startswith("peft")
+                and id(module) not in head_ids
+                and "lm_head" not in parts
+                and not LORA_PARTS.intersection(parts)
+            ):
+                weight = getattr(module, "weight", None)
+                kind = type(weight)
+                dtype = getattr(weight, "dtype", None)
+                if (kind.__module__ or "").split(".")[0] in QUANT_LIBS or not getattr(dtype, "is_floating_point", True):
+                    other += 1  # a plain Linear holding quantised weights (torchao tensor subclasses, int8 ...)
+                    other_kinds.add(f"{origin}.{cls.__name__}[{kind.__module__}.{kind.__name__}:{dtype}]")
+                else:
+                    full += 1
+                    full_dtypes.add(str(dtype))
+                    if len(examples) < 5:
+                        examples.append(name[:200])
+            own = getattr(module, "_modules", None)
+            if isinstance(own, dict) and "lora_A" in own and "base_layer" in own:
+                lora += 1
+                base = own["base_layer"]
+                for _ in range(8):  # a tuner layer may wrap another one
+                    inner = (getattr(base, "_modules", None) or {}).get("base_layer")
+                    if inner is None:
+                        break
+                    base = inner
+                on4 = is_linear4bit(base)
+                lora4 += on4
+                lora_bases.add(type(base).__name__)
+                trains = any(
+                    p.requires_grad for part in ("lora_A", "lora_B") if part in own for p in own[part].parameters()
+                )
+                lora_trainable += trains
+                lora_trainable4 += trains and on4
+        facts = {
+            "linear4bit": n4,
+            "quant_types": sorted(quant_types),
+            "double_quant": sorted(double),
+            "compute_dtypes": sorted(compute),
+            "quant_storage": sorted(storage),
+            "other_quantized": other,
+            "other_quantized_kinds": sorted(other_kinds)[:20],
+            "full_precision_linear": full,
+            "full_precision_dtypes": sorted(full_dtypes),
+            "full_precision_examples": examples,
+            "lora_layers": lora,
+            "lora_on_4bit": lora4,
+            "lora_trainable": lora_trainable,
+            "lora_trainable_on_4bit": lora_trainable4,
+            "lora_base_types": sorted(lora_bases)[:20],
+            "modules_scanned": min(scanned, MAX_SCAN_MODULES),
+            "capped": capped,
+        }
+        return facts, frozenset(ids4)
+
+    def patch_bnb_modules(mod):
+        cls = mod.Linear4bit
+        original = cls.__dict__.get("forward")
+        if original is None or getattr(original, "_tunegrade", False):
+            return
+        grad_enabled = sys.modules["torch"].is_grad_enabled  # bitsandbytes imports torch first
+
+        def forward(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            try:
+                quant4["calls"] += 1
+                if grad_enabled():
+                    quant4["grad"] += 1
+                    if id(self) in quant4["watched"]:
+                        quant4["grad_in_model"] += 1
+            except Exception:
+                pass
+            return result
+
+        _copy_meta(forward, original)
+        cls.forward = forward
 
     def peft_configs_of(model):
         configs = getattr(model, "peft_config", None)
@@ -436,14 +574,19 @@ def _activate(out_path):
                 finally:
                     train_leave()
             start = time.monotonic()
+            counted = (quant4["calls"], quant4["grad"], quant4["grad_in_model"])
+            watched = quant4["watched"]
             try:
                 facts, _, model = trainer_facts(self)
                 trainable, total = safe(param_counts, model) or (None, None)
+                quantization, ids4 = safe(quantization_facts, model) or (None, frozenset())
+                quant4["watched"] = ids4
                 emit(
                     "train_start",
                     trainable_params=trainable,
                     total_params=total,
                     peft_configs=peft_configs_of(model),
+                    quantization=quantization,
                     **facts,
                 )
             except Exception:
@@ -456,6 +599,8 @@ def _activate(out_path):
                 raise
             finally:
                 train_leave()
+                ended = (quant4["calls"], quant4["grad"], quant4["grad_in_model"])
+                quant4["watched"] = watched
                 try:
                     model = getattr(self, "model", None)
                     trainable, total = safe(param_counts, model) or (None, None)
@@ -466,6 +611,7 @@ def _activate(out_path):
                         else None
                     )
                     flush_trained()
+                    calls, grad, grad_in_model = (end - begin for end, begin in zip(ended, counted))
                     emit(
                         "train_end",
                         trainer_id=id(self),
@@ -475,6 +621,9 @@ def _activate(out_path):
                         total_params=total,
                         optimizer_params=opt_params,
                         error=error,
+                        quant4_forwards=calls,
+                        quant4_grad_forwards=grad,
+                        quant4_grad_forwards_in_model=grad_in_model,
                     )
                 except Exception:
                     pass
@@ -547,6 +696,7 @@ def _activate(out_path):
         "peft": patch_peft_package,
         "datasets.load": patch_datasets,
         "datasets": patch_datasets,
+        "bitsandbytes.nn.modules": patch_bnb_modules,
     }
 
     def run_patcher(name, module):
