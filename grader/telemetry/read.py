@@ -130,7 +130,8 @@ class TrainerInitEvent(_Event):
     """A ``Trainer`` (or subclass, e.g. SFTTrainer) finished ``__init__``."""
 
     event: Literal["trainer_init"]
-    trainer_id: int = Field(description="id() of the trainer; with pid, links train and log events.")
+    trainer_id: int = Field(description="A number unique to the trainer in its process; with pid, links train "
+                                        "and log events.")
     cls: str
     bases: list[str]
     args_cls: str
@@ -336,6 +337,10 @@ class TrainRun(Strict):
     quant4_forwards: int | None = Field(None, description="At train end (TrainEndEvent).")
     quant4_grad_forwards: int | None = None
     quant4_grad_forwards_in_model: int | None = None
+    losses: list[tuple[int, float]] = Field(default_factory=list, description="(global step, training loss) logged "
+                                            "by this run's trainer while it trained.")
+    eval_losses: list[tuple[int, float]] = Field(default_factory=list, description="(global step, eval_loss) logged "
+                                                 "by this run's trainer, during or after training.")
 
 
 class Telemetry(Strict):
@@ -506,10 +511,15 @@ def summarise(events: list[Any], *, malformed: int = 0, truncated: bool = False)
                 run.quant4_forwards, run.quant4_grad_forwards = ev.quant4_forwards, ev.quant4_grad_forwards
                 run.quant4_grad_forwards_in_model = ev.quant4_grad_forwards_in_model
         elif isinstance(ev, LogEvent) and ev.step is not None:
+            own = [r for r in runs if (r.pid, r.trainer_id) == (ev.pid, ev.trainer_id)]
             if "loss" in ev.logs:
                 tel.losses.append((ev.step, ev.logs["loss"]))
+                if own and not own[-1].ended:
+                    own[-1].losses.append((ev.step, ev.logs["loss"]))
             if "eval_loss" in ev.logs:
                 tel.eval_losses.append((ev.step, ev.logs["eval_loss"]))
+                if own:
+                    own[-1].eval_losses.append((ev.step, ev.logs["eval_loss"]))
         elif isinstance(ev, TrainedTokensEvent):
             tel.trained_rows += ev.rows
             tel.trained_tokens += ev.tokens

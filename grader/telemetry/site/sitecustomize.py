@@ -519,11 +519,26 @@ def _activate(out_path):
         wrap_classmethod(mod.PeftModel, "from_pretrained", on_peft_from_pretrained)
 
     # ---- transformers.trainer ----------------------------------------------------------------
+    serial = {"next": 1}
+
+    def trainer_key(trainer):
+        """A number per trainer, unique in the process: id() is reused once a trainer is freed, and a
+        search builds one trainer after another."""
+        key = getattr(trainer, "_tunegrade_key", None)
+        if key is None:
+            key = serial["next"]
+            serial["next"] += 1
+            try:
+                trainer._tunegrade_key = key
+            except Exception:
+                key = id(trainer)
+        return key
+
     def trainer_facts(trainer):
         args = getattr(trainer, "args", None)
         model = getattr(trainer, "model", None)
         facts = {
-            "trainer_id": id(trainer),
+            "trainer_id": trainer_key(trainer),
             "cls": type(trainer).__name__,
             "bases": [c.__name__ for c in type(trainer).__mro__[1:] if c.__name__ != "object"][:8],
             "model_cls": type(model).__name__ if model is not None else None,
@@ -614,7 +629,7 @@ def _activate(out_path):
                     calls, grad, grad_in_model = (end - begin for end, begin in zip(ended, counted))
                     emit(
                         "train_end",
-                        trainer_id=id(self),
+                        trainer_id=trainer_key(self),
                         wall_s=round(time.monotonic() - start, 3),
                         global_step=safe(lambda: self.state.global_step),
                         trainable_params=trainable,
@@ -639,7 +654,7 @@ def _activate(out_path):
                     }
                     emit(
                         "log",
-                        trainer_id=id(self),
+                        trainer_id=trainer_key(self),
                         step=safe(lambda: self.state.global_step),
                         epoch=safe(lambda: self.state.epoch),
                         logs=numbers,

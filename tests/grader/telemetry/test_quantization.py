@@ -13,7 +13,7 @@ from grader.telemetry import Telemetry, read_telemetry
 from grader.telemetry import read as read_mod
 from grader.telemetry.read import TrainRun
 
-# One process trains five tiny Llamas in turn (imports are most of the cost): the trainer ids say which is which.
+# One process trains five tiny Llamas in turn (imports are most of the cost): the trainer numbers say which is which.
 SCRIPT = """
 import json, sys, torch
 from pathlib import Path
@@ -44,7 +44,8 @@ def train(name, model, callbacks=None):
                              learning_rate=1e-3, logging_steps=1, save_strategy="no", use_cpu=True, report_to=[])
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)
     trainer.train()
-    cases[name] = id(trainer)
+    cases[name] = len(cases) + 1  # telemetry numbers a process's trainers in the order they are built
+    del trainer  # freed: a later trainer may get its id(), never its number
 
 
 def qlora(quant_type, double):
@@ -205,3 +206,12 @@ def test_files_from_before_the_quantization_fields_still_parse():
     assert tel.malformed_lines == 0
     [run] = tel.train_runs
     assert run.ended and run.quantization is None and run.quant4_grad_forwards is None
+
+
+@pytest.mark.slow
+def test_each_training_keeps_its_own_loss_curve(runs):
+    """A search trains one model after another: each run's logged losses are its own, by trainer number."""
+    assert len({r.trainer_id for r in runs.values()}) == 5
+    for run in runs.values():
+        assert [step for step, _ in run.losses] == [1, 2, 3]
+    assert runs["qlora"].losses != runs["lora"].losses  # 4-bit weights change the numbers
