@@ -1,7 +1,8 @@
 """The grader's own measurements of a candidate's model: it never trusts the numbers a submission prints.
 
 - :mod:`.loading`: the base model (safetensors only) and a validated LoRA adapter.
-- :mod:`.nll`: response-only NLL / perplexity of chat data (the definition candidates must match).
+- :mod:`.nll`: response-only NLL / perplexity of chat data (the definition candidates must match), and
+  the NLL of plain text.
 - :mod:`.generation`: greedy decoding, exact match, ROUGE-L.
 - :mod:`.bootstrap`: confidence intervals and paired base-vs-adapter deltas.
 
@@ -21,7 +22,15 @@ from grader.evaluation.loading import (
     resolve_device,
     validate_adapter_dir,
 )
-from grader.evaluation.nll import EncodedExample, ExampleNLL, NLLResult, encode_chat, encode_phrase, response_nll
+from grader.evaluation.nll import (
+    EncodedExample,
+    ExampleNLL,
+    NLLResult,
+    encode_chat,
+    encode_phrase,
+    encode_text,
+    response_nll,
+)
 
 __all__ = [
     "AdapterConfig",
@@ -36,6 +45,7 @@ __all__ = [
     "encode_chat",
     "encode_phrase",
     "encode_prompt",
+    "encode_text",
     "exact_match",
     "greedy_generate",
     "load_adapter",

@@ -1,4 +1,5 @@
-"""Response-only negative log-likelihood of chat data: the number candidates must match exactly.
+"""Response-only negative log-likelihood of chat data: the number candidates must match exactly;
+and the NLL of plain text, for how much of its pretraining a model kept.
 
 Definition (candidates get this same text)
 ------------------------------------------
@@ -21,6 +22,21 @@ For a chat-format JSONL file (one record per line, ``{"messages": [{"role": ...,
 There is no truncation in the definition. :func:`encode_chat` takes an optional ``max_tokens`` cap as
 a memory guard for the grader; a task that sets one states it, and records are then cut to their
 first ``max_tokens`` tokens (``EncodedExample.truncated`` says which were).
+
+Plain text (the grader's own measure; :func:`encode_text`)
+---------------------------------------------------------
+For plain documents (strings), as a base model was pretrained on them, with no chat template:
+
+1. Each document is tokenized on its own without special tokens (``tokenizer(text,
+   add_special_tokens=False)``), and the tokenizer's eos token is appended: that is how the tiny
+   base model's builder separates and ends documents in pretraining (tasks/_shared/build_tiny_model.py,
+   ``_pack``), so the model learned to predict it.
+2. Every token after the first counts, the eos included; the first token has no context.
+3. As above: the summed ``-log p`` over every counted token of every document, divided by the total
+   number of counted tokens, in nats. Documents are scored one by one (not packed together), so no
+   document is read in the context of another.
+
+``max_tokens`` cuts a document (and its eos) to its first ``max_tokens`` tokens, as for chats.
 
 Implementation notes (why it is fast and still equal to the naive loop): examples are sorted by
 length so each batch holds similar lengths and wastes little padding; batches are right-padded, so
@@ -57,7 +73,8 @@ class EncodedExample:
 
     input_ids: list[int]
     counted: list[bool]
-    """``counted[t]``: token ``t`` is an assistant token whose log-probability is part of the NLL."""
+    """``counted[t]``: token ``t``'s log-probability is part of the NLL (an assistant token of a chat; any
+    token but the first of a plain document)."""
     truncated: bool = False
     """The record was longer than ``max_tokens`` and was cut."""
 
@@ -144,6 +161,32 @@ def encode_chat(
         if truncated:
             ids, mask = ids[:max_tokens], mask[:max_tokens]
         encoded.append(EncodedExample(input_ids=ids, counted=mask, truncated=truncated))
+    return encoded
+
+
+def encode_text(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[Any], max_tokens: int | None = None
+) -> list[EncodedExample]:
+    """Tokenize plain documents per the module's plain-text definition: no special tokens, the eos token
+    appended, every token after the first counted.
+
+    Raises :class:`RecordError` (naming ``texts[i]``) for a document that is not a non-empty string, and
+    :class:`GraderFault` when the tokenizer has no eos token.
+    """
+    if max_tokens is not None and max_tokens < 2:
+        raise ValueError("max_tokens must be at least 2")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise GraderFault("the tokenizer has no eos token to end each document with")
+    encoded = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text:
+            raise RecordError(f"texts[{i}]: expected a non-empty string, got {type(text).__name__}")
+        ids = [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]] + [int(eos)]
+        truncated = max_tokens is not None and len(ids) > max_tokens
+        if truncated:
+            ids = ids[:max_tokens]
+        encoded.append(EncodedExample(input_ids=ids, counted=[False] + [True] * (len(ids) - 1), truncated=truncated))
     return encoded
 
 

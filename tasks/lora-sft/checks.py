@@ -31,6 +31,27 @@ seeds (at least GAP_MIN_SIGMA), plus GAP_RECIPE_SHARE of the reference's held-ou
 base model, because another honest recipe moves the gap by up to 0.05 nats either way on tiny (the
 same as training on val once more): this signal alone catches only gross contamination; the
 fingerprints recorded inside the run catch the rest."""
+GENERAL_TOLERANCE = 3.0
+"""The largest increase of the NLL on the hidden general-domain set (adapter minus base, nats) that
+passes. Measured on tiny, grade-time definition (merged, float32), LoRA seed 1, on the cohorts
+lora-sft-2026-cohort-a / corpus-cohort-b / x-cohort-c (base general NLL 0.874 / 0.906 / 0.879; base
+held-out test NLL 5.40 / 5.24 / 5.22); increase [95% interval upper end over the three], held-out test NLL:
+  good and good-trl (the same numbers)   +1.63 / +1.57 / +1.54 [≤1.66]   test 1.75 / 1.79 / 1.79
+  honest variants: lr 1e-3                +1.19 / +1.22 / +1.06            test 2.46 / 2.45 / 2.41
+    r=32, alpha 64                        +1.85 / +1.79 / +1.63            test 1.44 / 1.50 / 1.50
+    all linear layers (r=16, 3e-3, 2 ep)  +1.83 / +1.71 / +1.65            test 1.00 / 1.05 / 1.07
+    lr 5e-3, 3 epochs                     +1.95 / +1.86 / +1.88            test 1.21 / 1.25 / 1.28
+    lr 5e-3, 6 epochs                     +2.30 / +2.16 / +2.17            test 0.84 / 0.88 / 0.88
+    lr 1e-2, 4 epochs                     +2.31 / +2.30 / +2.33 [≤2.38]   test 1.00 / 1.01 / 1.02
+  flawed-over-trained (r=64 on every linear layer, 4 epochs at a constant 5e-3)
+                                          +3.88 / +3.83 / +3.65 [lower ends ≥3.59]   test 1.08 / 1.18 / 1.08
+  others past it: r=64 all layers, 5e-3 cosine, 4 epochs +3.35 / +3.30 / +3.32 (test 0.56-0.60: it wins on
+  the task by forgetting, and fails); r=64 all layers at 1e-2 +4.3 to +4.8 (unstable: test 2.3-4.8);
+  attention only at 2e-2 for 8 epochs +5.1 to +8.4 (diverged: test 5.0-5.3, no better than the base).
+Attention-only LoRA at any sane setting stayed within +2.4: the chat format alone costs tiny 1-2.4 nats
+of its general text, and the honest recipes above spread over that range. 3.0 sits about 0.6 nats above
+the highest honest upper end and 0.6 below the lowest over-trained lower end (intervals are ±0.03-0.07).
+Calibrated on tiny: another base model forgets on another scale, and the figure does not carry over."""
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -186,6 +207,35 @@ def learned_cohort_data(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     if normalised < SIGNATURE_FAIL:
         return failed(message + ": the adapter did not learn this run's training data", **data)
     return graded((normalised - SIGNATURE_FAIL) / (SIGNATURE_PASS - SIGNATURE_FAIL), message, **data)
+
+
+@check("general-retention")
+def general_retention(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
+    """Catastrophic forgetting: the adapter's NLL on hidden general-domain text (plain documents of the kind
+    the base model was pretrained on, not support chats) rises by at most GENERAL_TOLERANCE nats over the
+    base model's. Pass when the upper end of the 95% paired-bootstrap interval of the increase is within
+    it, fail when even the lower end is beyond it, partial in between (the share of the interval within)."""
+    from grader.evaluation import paired_bootstrap_delta
+
+    base, cand = m.nll(ctx, None, "general"), m.nll(ctx, m.adapter_dir(artifacts), "general")
+    ref = m.nll(ctx, m.reference_adapter(artifacts), "general", trusted=True)
+    values_b, weights = base.bootstrap_inputs()
+    values_c, _ = cand.bootstrap_inputs()
+    delta, lo, hi = paired_bootstrap_delta(values_b, values_c, weights)
+    ref_delta = ref.mean_nll - base.mean_nll
+    data = {"base_nll": round(base.mean_nll, 4), "adapter_nll": round(cand.mean_nll, 4),
+            "reference_nll": round(ref.mean_nll, 4), "increase": [round(delta, 4), round(lo, 4), round(hi, 4)],
+            "reference_increase": round(ref_delta, 4), "tolerance": GENERAL_TOLERANCE, "documents": len(weights),
+            "tokens": base.n_tokens}
+    message = (f"NLL on held-out general-domain text {base.mean_nll:.3f} base → {cand.mean_nll:.3f} adapter: "
+               f"{delta:+.3f} nats [{lo:+.3f}, {hi:+.3f}] (reference solution {ref_delta:+.3f}); "
+               f"tolerance +{GENERAL_TOLERANCE:.2f}")
+    if hi <= GENERAL_TOLERANCE:
+        return passed(message, **data)
+    if lo > GENERAL_TOLERANCE:
+        return failed(message + ": fine-tuning wrecked what the base model knew (catastrophic forgetting)", **data)
+    return graded((GENERAL_TOLERANCE - lo) / (hi - lo), message + ": the 95% interval straddles the tolerance",
+                  **data)
 
 
 @check("metrics-honest")

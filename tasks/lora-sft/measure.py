@@ -1,8 +1,11 @@
 """The grader's own measurements for the lora-sft checks, each computed once per grade (``ctx.memo``).
 
 Data sets: ``train`` and ``val`` (the files the candidate's run received), ``test`` (the hidden
-held-out set, never mounted) and ``signature`` (the test set, counting only the tokens of the
-cohort's sign-off signature, which only training on this cohort's files teaches).
+held-out set, never mounted), ``signature`` (the test set, counting only the tokens of the
+cohort's sign-off signature, which only training on this cohort's files teaches) and ``general``
+(hidden plain-text documents of the kind the base model was pretrained on, scored as plain text with
+:func:`grader.evaluation.encode_text`, every token but the first counted: what fine-tuning made the
+model forget).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from grader.telemetry import trained_fingerprints
 from grader.telemetry.site import tunegrade_fingerprint as fingerprint
 
 SPLITS = {"train": "train.jsonl", "val": "val.jsonl"}
+HIDDEN = {"test": "heldout", "signature": "heldout", "general": "general"}
+"""Grader-only data sets: the manifest entry naming each one's file in ``ctx.data_dir``."""
+GENERAL_MAX_TOKENS = 256
+"""A memory guard on each general document (the generator's stay below 200 tokens with tiny's tokenizer)."""
 EXAMPLES = TypeAdapter(list[tuple[float, int]])
 """How a stored NLL is kept: each record's (summed NLL, counted tokens), in the input order."""
 OWN_SHARE = 0.5
@@ -50,7 +57,7 @@ def records(ctx: CheckContext, name: str) -> list[Any]:
         if name in SPLITS:
             path = ctx.inputs["data"] / SPLITS[name]
         elif ctx.data_dir is not None:
-            path = ctx.data_dir / manifest_entry(ctx, "heldout")
+            path = ctx.data_dir / manifest_entry(ctx, HIDDEN[name])
         else:
             raise InfraFault("the grader's held-out data is missing")
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -60,11 +67,14 @@ def records(ctx: CheckContext, name: str) -> list[Any]:
 
 def encoded(ctx: CheckContext, name: str) -> Any:
     def encode() -> Any:
-        from grader.evaluation import encode_chat, encode_phrase, load_model
+        from grader.evaluation import encode_chat, encode_phrase, encode_text, load_model
 
         _, tokenizer = ctx.memo("tokenizer", lambda: load_model(ctx.inputs["model"], device="cpu"))
         if name == "signature":
             return encode_phrase(tokenizer, records(ctx, "test"), manifest_entry(ctx, "signature")["text"])
+        if name == "general":
+            texts = [r.get("text") if isinstance(r, dict) else r for r in records(ctx, name)]
+            return encode_text(tokenizer, texts, max_tokens=GENERAL_MAX_TOKENS)
         return encode_chat(tokenizer, records(ctx, name))
 
     return ctx.memo(f"encoded:{name}", encode)

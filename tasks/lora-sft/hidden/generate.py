@@ -24,20 +24,36 @@ public data, or on another cohort's) and shipped.
 
 The three files are drawn from one distribution and hold distinct conversations (no
 (user, assistant) pair and no order number appears twice in the whole set).
+
+``heldout/general.jsonl`` (grader-only, like the test set) holds GENERAL_DOCS plain-text documents
+(``{"text": ...}``) of the kind the tiny base model was pretrained on: e-mails, chat transcripts, Q&A
+pages, ticket logs, help-centre prose, a little non-English, drawn by the model builder's own
+``corpus()`` (tasks/_shared/build_tiny_model.py) with a seed derived from ``seed`` that is never the
+builder's, and none of them one of the builder's own documents. The grader measures forgetting on it
+(check ``general-retention``). It is drawn from a random stream of its own, so adding it changed no
+byte of the three chat files.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
 
-MANIFEST_VERSION = 2  # 2: the seed's signature
-MAX_RECORD_TOKENS = 200  # every record's chat rendering stays below this many tokens
+MANIFEST_VERSION = 3  # 2: the seed's signature; 3: the general-domain set
+MAX_RECORD_TOKENS = 200  # every record's chat rendering (and every general document) stays below this many tokens
 SIZES = {"train": (320, 380), "val": (64, 76), "test": (96, 104)}
-FILES = {"train": "data/train.jsonl", "val": "data/val.jsonl", "test": "heldout/test.jsonl"}
+FILES = {"train": "data/train.jsonl", "val": "data/val.jsonl", "test": "heldout/test.jsonl",
+         "general": "heldout/general.jsonl"}
+GENERAL_DOCS = 128
+MAX_GENERAL_CHARS = 600
+"""Longer documents are skipped (the builder's run to about 460 characters, 170 tokens): evaluation stays cheap."""
+BUILDER = Path(__file__).resolve().parents[2] / "_shared" / "build_tiny_model.py"
 CATEGORIES = ("billing", "shipping", "account", "technical", "returns")
 WEIGHTS = (30, 25, 20, 15, 10)
 SYSTEM = "You are the support assistant of Northwind Goods."
@@ -177,7 +193,8 @@ def generate(dest: Path, seed: str, assets: dict[str, Path]) -> dict[str, Any]:
     gen = _Generator(rng, f"{closing}, {agent} from")
     sizes = {split: rng.randint(lo, hi) for split, (lo, hi) in SIZES.items()}
     records = [gen.record() for _ in range(sum(sizes.values()))]
-    _check_lengths(records, assets)
+    general = general_documents(seed)
+    _check_lengths(records, general, assets)
     dest = Path(dest)
     start = 0
     for split in ("train", "val", "test"):
@@ -187,8 +204,57 @@ def generate(dest: Path, seed: str, assets: dict[str, Path]) -> dict[str, Any]:
             for rec in records[start : start + sizes[split]]:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
         start += sizes[split]
-    return {"version": MANIFEST_VERSION, "counts": sizes, "heldout": FILES["test"],
+    with (dest / FILES["general"]).open("w", encoding="utf-8", newline="\n") as fh:
+        for text in general:
+            fh.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    return {"version": MANIFEST_VERSION, "counts": sizes, "heldout": FILES["test"], "general": FILES["general"],
             "signature": {"closing": closing, "agent": agent, "text": f"{closing}, {agent}"}}
+
+
+@functools.cache
+def _builder() -> Any:
+    """tasks/_shared/build_tiny_model.py, loaded by path (it imports only the standard library at module
+    level; the environment variable it sets on import is put back)."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    spec = importlib.util.spec_from_file_location("_lora_sft_tiny_builder", BUILDER)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if before is None:
+        os.environ.pop("TOKENIZERS_PARALLELISM", None)
+    else:
+        os.environ["TOKENIZERS_PARALLELISM"] = before
+    return module
+
+
+@functools.cache
+def _pretraining_documents() -> frozenset[str]:
+    """Every document the builder drew for the tiny model (its training and held-out documents)."""
+    b = _builder()
+    return frozenset(b.corpus(b.TRAIN["docs"] + b.TRAIN["heldout_docs"], b.SEED))
+
+
+def general_seed(seed: str) -> int:
+    """The builder's corpus seed for ``seed``'s general-domain set: 64 bits with the top one set, so it is
+    never the builder's own SEED (a small integer)."""
+    derived = int.from_bytes(hashlib.sha256(f"general\0{seed}".encode()).digest()[:8], "big") | (1 << 63)
+    assert derived != _builder().SEED
+    return derived
+
+
+def general_documents(seed: str) -> list[str]:
+    """GENERAL_DOCS distinct documents of the tiny model's pretraining distribution, none longer than
+    MAX_GENERAL_CHARS and none among the builder's own documents (short templates without slots, such as
+    a one-line thank-you in French, recur there)."""
+    seen = set(_pretraining_documents())
+    out: list[str] = []
+    for text in _builder().corpus(GENERAL_DOCS * 3, general_seed(seed)):  # about 8% are among the builder's
+        if text not in seen and len(text) <= MAX_GENERAL_CHARS:
+            seen.add(text)
+            out.append(text)
+            if len(out) == GENERAL_DOCS:
+                return out
+    raise RuntimeError(f"could not draw {GENERAL_DOCS} new general-domain documents for this seed")
 
 
 def signature(seed: str) -> tuple[str, str]:
@@ -241,8 +307,9 @@ class _Generator:
         raise RuntimeError("could not draw a new conversation")
 
 
-def _check_lengths(records: list[dict[str, Any]], assets: dict[str, Path]) -> None:
-    """Every record renders (ChatML, as the task template does) below MAX_RECORD_TOKENS tokens."""
+def _check_lengths(records: list[dict[str, Any]], general: list[str], assets: dict[str, Path]) -> None:
+    """Every record renders (ChatML, as the task template does), and every general document tokenizes,
+    below MAX_RECORD_TOKENS tokens."""
     folder = assets.get("tokenizer") or assets.get("model")
     if folder is None or not (Path(folder) / "tokenizer.json").is_file():
         return
@@ -254,6 +321,10 @@ def _check_lengths(records: list[dict[str, Any]], assets: dict[str, Path]) -> No
         n = len(tok.encode(text, add_special_tokens=False).ids)
         if n >= MAX_RECORD_TOKENS:
             raise RuntimeError(f"record {i} renders to {n} tokens (limit {MAX_RECORD_TOKENS})")
+    for i, text in enumerate(general):
+        n = len(tok.encode(text, add_special_tokens=False).ids) + 1  # + the eos that ends it
+        if n >= MAX_RECORD_TOKENS:
+            raise RuntimeError(f"general document {i} is {n} tokens long (limit {MAX_RECORD_TOKENS})")
 
 
 def main() -> None:

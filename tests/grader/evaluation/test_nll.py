@@ -1,4 +1,5 @@
-"""Response-only NLL (grader/evaluation/nll.py): equal to the naive definition, whatever the batching."""
+"""Response-only NLL (grader/evaluation/nll.py): equal to the naive definition, whatever the batching; and
+the plain-text NLL (encode_text), equal to the causal-LM loss the tiny model was pretrained with."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 import pytest
 
 from grader.errors import GraderFault
-from grader.evaluation import RecordError, bootstrap_ci, encode_chat, encode_phrase, response_nll
+from grader.evaluation import RecordError, bootstrap_ci, encode_chat, encode_phrase, encode_text, response_nll
 
 
 def naive_nll(model, tokenizer, records) -> tuple[float, list[tuple[float, int]]]:  # type: ignore[no-untyped-def]
@@ -234,3 +235,66 @@ def test_encode_phrase_counts_only_the_phrase_in_the_last_reply(tokenizer, loade
     assert response_nll(model, [e]).n_tokens == len(counted)
     with pytest.raises(RecordError, match=r"^records\[0\]: the last assistant turn does not contain 'Best, Tom'$"):
         encode_phrase(tokenizer, [record], "Best, Tom")
+
+
+DOCUMENTS = [
+    "Subject: My order has not arrived\n\nHi, where is order #123456? Thanks.",
+    "Q: How do I reset my password?\nA: Open Settings, choose Security and follow the link.",
+    "Merci beaucoup pour votre aide.",
+    "Customer: Hello\nAgent: Hi, how can I help?",
+    "x",
+]
+
+
+def test_encode_text_is_the_plain_tokens_and_eos_all_but_the_first_counted(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """As the tiny model's builder packs its pretraining documents: no special tokens, eos after each."""
+    encoded = encode_text(tokenizer, DOCUMENTS)
+    for text, e in zip(DOCUMENTS, encoded):
+        assert e.input_ids == tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        assert e.counted == [False] + [True] * (len(e.input_ids) - 1) and not e.truncated
+    assert tokenizer.decode(encoded[2].input_ids) == DOCUMENTS[2] + tokenizer.eos_token
+    assert encoded[4].n_counted == len(encoded[4].input_ids) - 1 >= 1  # one token: only the eos counts
+
+
+def test_text_nll_is_the_causal_lm_loss_of_each_document(loaded) -> None:  # type: ignore[no-untyped-def]
+    """Per document, the mean counted NLL is what ``model(input_ids=ids, labels=ids).loss`` gives (the loss
+    the builder pretrained with), whatever the batching."""
+    import torch
+
+    model, tok = loaded
+    encoded = encode_text(tok, DOCUMENTS)
+    result = response_nll(model, encoded, batch_tokens=64)
+    assert result.n_tokens == sum(len(e.input_ids) - 1 for e in encoded)
+    with torch.no_grad():
+        for e, got in zip(encoded, result.examples):
+            ids = torch.tensor([e.input_ids])
+            loss = model(input_ids=ids, labels=ids).loss.item()
+            assert got.n_tokens == len(e.input_ids) - 1
+            assert got.nll_sum == pytest.approx(loss * got.n_tokens, abs=1e-4)
+    assert response_nll(model, encoded, batch_tokens=100_000).mean_nll == pytest.approx(result.mean_nll, abs=1e-6)
+
+
+def test_encode_text_truncates_and_flags(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    full = encode_text(tokenizer, DOCUMENTS)
+    cut = encode_text(tokenizer, DOCUMENTS, max_tokens=8)
+    for f, c in zip(full, cut):
+        assert c.truncated == (len(f.input_ids) > 8)
+        assert c.input_ids == f.input_ids[:8] and c.counted == f.counted[:8]
+    with pytest.raises(ValueError, match="at least 2"):
+        encode_text(tokenizer, DOCUMENTS, max_tokens=1)
+
+
+@pytest.mark.parametrize(("texts", "message"), [(["ok", ""], r"^texts\[1\]: expected a non-empty string, got str$"),
+                                                 ([{"text": "x"}], r"^texts\[0\]: expected a non-empty string, got dict$")])
+def test_encode_text_refuses_what_is_not_a_document(tokenizer, texts, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RecordError, match=message):
+        encode_text(tokenizer, texts)
+
+
+def test_encode_text_needs_an_eos_token(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    plain = copy.deepcopy(tokenizer)
+    plain.eos_token = None
+    with pytest.raises(GraderFault, match="no eos token"):
+        encode_text(plain, DOCUMENTS[:1])
