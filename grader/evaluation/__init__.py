@@ -19,6 +19,7 @@ from grader.evaluation.loading import (
     adapter_tensors,
     load_adapter,
     load_model,
+    load_model_4bit,
     resolve_device,
     validate_adapter_dir,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "greedy_generate",
     "load_adapter",
     "load_model",
+    "load_model_4bit",
     "normalise",
     "paired_bootstrap_delta",
     "resolve_device",

@@ -122,13 +122,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise ModelError(f"{path}: no such model directory")
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{path}: no config.json")
-    if not any(path.glob("*.safetensors")):
-        raise ModelError(f"{path}: no *.safetensors weights (pickle-format checkpoints are never loaded)")
+    path = _model_folder(model_dir)
     torch_dtype = _dtype(dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -142,6 +136,50 @@ def load_model(
     model.to(resolve_device(device))
     model.eval()
     return model, tokenizer
+
+
+def load_model_4bit(
+    model_dir: str | Path, device: str = "auto", tokenizer_dir: str | Path | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a local causal LM as QLoRA trains on it: bitsandbytes 4-bit NF4 with double quantisation,
+    computing in float32 on the CPU and bfloat16 on a GPU (what the QLoRA task asks candidates for).
+
+    The quantised weights are rounded to 4 bits at load time, deterministically: the same base gives
+    the same model on every load. Add an adapter with ``load_adapter(..., merge=False)``: merging into
+    4-bit weights would round the LoRA delta away. Same refusals as :func:`load_model`.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    path = _model_folder(model_dir)
+    target = resolve_device(device)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if target == "cuda" else torch.float32,
+    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=torch.float32,
+            quantization_config=quantization, device_map={"": 0 if target == "cuda" else target},
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            Path(tokenizer_dir) if tokenizer_dir is not None else path, local_files_only=True, trust_remote_code=False
+        )
+    except (OSError, ValueError, ImportError) as exc:
+        raise ModelError(f"{path}: cannot load in 4-bit: {exc}") from exc
+    model.eval()
+    return model, tokenizer
+
+
+def _model_folder(model_dir: str | Path) -> Path:
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ModelError(f"{path}: no such model directory")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: no config.json")
+    if not any(path.glob("*.safetensors")):
+        raise ModelError(f"{path}: no *.safetensors weights (pickle-format checkpoints are never loaded)")
+    return path
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:

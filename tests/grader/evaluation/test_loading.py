@@ -67,6 +67,33 @@ def test_adapter_loads_and_merged_equals_unmerged(model_dir: Path, adapter_dir: 
     assert (logits(merged) - base_logits).abs().max() > 1e-2  # the adapter does something
 
 
+def test_4bit_load_is_nf4_double_quantised_and_close_to_float32(model_dir: Path, adapter_dir: Path, loaded) -> None:  # type: ignore[no-untyped-def]
+    """What a QLoRA trial trains on: bitsandbytes NF4 with double quantisation, float32 compute on the CPU,
+    the same on every load; an adapter goes on top unmerged."""
+    import torch
+
+    from grader.evaluation import load_model_4bit
+
+    model, tok = load_model_4bit(model_dir, device="cpu")
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert type(q_proj).__name__ == "Linear4bit" and q_proj.compute_dtype == torch.float32
+    assert q_proj.weight.quant_state.quant_type == "nf4" and q_proj.weight.quant_state.nested
+    assert not model.training and tok.eos_token == "<|im_end|>"
+    again, _ = load_model_4bit(model_dir, device="cpu")
+    assert torch.equal(logits(model), logits(again))
+    assert (logits(model) - logits(loaded[0])).abs().max() < 0.5  # 4-bit rounding, not another model
+    with_adapter = load_adapter(model, adapter_dir, merge=False)
+    assert type(with_adapter).__name__ == "PeftModelForCausalLM"
+    assert (logits(with_adapter) - logits(again)).abs().max() > 1e-2
+
+
+def test_4bit_load_refuses_what_load_model_refuses(tmp_path: Path) -> None:
+    from grader.evaluation import load_model_4bit
+
+    with pytest.raises(ModelError, match="no such model directory"):
+        load_model_4bit(tmp_path / "missing", device="cpu")
+
+
 def test_adapter_tensors_are_lora_only_and_b_is_nonzero(adapter_dir: Path) -> None:
     tensors = adapter_tensors(adapter_dir)
     assert len(tensors) == 2 * 4 * 2  # A and B, 4 modules, 2 layers
