@@ -40,6 +40,48 @@ def _sparkline(points: list[tuple[int, float]], width: int = 360, height: int = 
     )
 
 
+PALETTE = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bf8700", "#0a7b83", "#953800", "#6e7781")
+
+
+def _curves(runs: list[Any], width: int = 560, height: int = 200) -> Markup:
+    """Every training run's loss curve (lines) and eval losses (dots) in one inline SVG, one colour per
+    run: a search's trials side by side on shared axes."""
+    series = [(r.losses, r.eval_losses) for r in runs if len(r.losses) >= 2]
+    points = [p for losses, evals in series for p in losses + evals]
+    if not points:
+        return Markup("")
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    sx, sy = (width - 12) / ((x1 - x0) or 1), (height - 12) / ((y1 - y0) or 1)
+
+    def at(x: float, y: float) -> str:
+        return f"{6 + (x - x0) * sx:.1f},{height - 6 - (y - y0) * sy:.1f}"
+
+    parts = []
+    for i, (losses, evals) in enumerate(series):
+        colour = PALETTE[i % len(PALETTE)]
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
+                     f'points="{" ".join(at(x, y) for x, y in losses)}"/>')
+        parts += [f'<circle cx="{at(x, y).split(",")[0]}" cy="{at(x, y).split(",")[1]}" r="3.5" fill="{colour}"/>'
+                  for x, y in evals]
+    return Markup(f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+                  f'aria-label="loss curves of {len(series)} training runs, loss {y0:.3f} to {y1:.3f}">{"".join(parts)}'
+                  "</svg>")
+
+
+def _search(result: Result) -> dict[str, Any] | None:
+    """A hyperparameter search, where the task's checks describe one: the trial table (reported and
+    recomputed losses, the chosen trial), and what telemetry saw of each training run."""
+    data = {c.id: c.evidence.data for c in result.checks}
+    trials = (data.get("best-reproduces") or {}).get("trials") or (data.get("best-selected") or {}).get("trials")
+    quantization = (data.get("quantized-4bit") or {}).get("quantization")
+    main = next(iter(result.telemetry.values()), None)
+    runs = [r for r in main.train_runs if r.losses] if main is not None else []
+    if not trials and not quantization:
+        return None
+    return {"trials": trials or [], "quantization": quantization, "runs": runs, "palette": PALETTE}
+
+
 def _env() -> Environment:
     env = Environment(
         loader=FileSystemLoader(REPORTS_DIR / "templates"),
@@ -50,6 +92,7 @@ def _env() -> Environment:
     )
     env.filters["compact"] = _compact
     env.filters["sparkline"] = _sparkline
+    env.filters["curves"] = _curves
     env.tests["startswith"] = lambda value, prefix: str(value).startswith(prefix)
     env.globals |= {
         "css": (REPORTS_DIR / "assets" / "report.css").read_text(encoding="utf-8"),
@@ -62,7 +105,7 @@ def _env() -> Environment:
 def render_report(result: Result, path: Path) -> Path:
     counts = Counter({"pass": 0, "partial": 0, "fail": 0, "error": 0})
     counts.update(c.status for c in result.checks)
-    html = _env().get_template("report.html.j2").render(r=result, counts=counts)
+    html = _env().get_template("report.html.j2").render(r=result, counts=counts, search=_search(result))
     path.write_text(html, encoding="utf-8")
     return path
 

@@ -28,6 +28,7 @@ DEFAULT = "default"
 OTHER_COHORTS: dict[str, dict[str, tuple[str, ...] | None]] = {
     "data-prep": {"corpus-cohort-b": None, "corpus-cohort-c": ("good",)},
     "lora-sft": {"corpus-cohort-b": ("good", "good-trl", "flawed-train-on-val", "flawed-hand-loop-on-val")},
+    "qlora-tune": {"corpus-cohort-b": ("good", "good-trl", "flawed-last-trial")},
 }
 """Per task, the other hidden seeds and the solutions graded on each (None: all of them)."""
 CASES = [(pack.id, sol.name, DEFAULT) for pack in PACKS.values() for sol in list_solutions(pack)] + [
@@ -118,3 +119,16 @@ def test_corpus_is_complete(task: str) -> None:
     assert {flaw_check(pack, n) for n in flawed} <= ids
     for cohort, sample in OTHER_COHORTS.get(task, {}).items():
         assert sample is None or ("good" in sample and set(sample) <= set(names)), cohort
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [("qlora-tune", "good", DEFAULT)], ids=case_id)
+def test_search_report_shows_trials_curves_and_quantisation(case: tuple[str, str, str], graded: dict,
+                                                            tmp_path: Path) -> None:
+    from grader.report import render_report
+
+    html = render_report(graded[case], tmp_path / "report.html").read_text(encoding="utf-8")
+    search = html[html.index("<h2>Search"):html.index("<h2>Rubric")]
+    assert search.count('<span class="badge pass">chosen</span>') == 1
+    assert search.count("<polyline") == 3 and "<circle" in search  # three trials' loss curves, eval dots
+    assert "bitsandbytes Linear4bit" in search and "nf4" in search and "Double quantisation" in search
