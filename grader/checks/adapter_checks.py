@@ -197,7 +197,8 @@ test NLL 5.40 / 5.24 / 5.22): increase [95% interval end], held-out test NLL
   others past it: r=64 all layers, 5e-3 cosine, 4 epochs +3.35 / +3.30 / +3.32 (test 0.56-0.60: it wins on
   the task by forgetting, and fails); r=64 all layers at 1e-2 +4.3 to +4.8; attention only at 2e-2 for 8
   epochs +5.1 to +8.4 (diverged).
-  qlora-tune reference and good-trl, 3 trials of 30 steps: +1.47 to +1.52 (limit about 2.9).
+  qlora-tune reference and good-trl, 3 trials of 30 steps: +1.47 to +1.52 (limit about 2.9); on x-cohort-c
+  the reference +1.17 (limit 2.29) and good-trl +1.61 [upper 1.65].
 The limit sits about 0.6 nats above the highest honest upper end and 0.6 below the lowest over-trained
 lower end (intervals are ±0.03-0.07)."""
 
