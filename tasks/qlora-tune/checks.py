@@ -6,6 +6,7 @@ adopted.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from grader.checks import Artifacts, CheckContext, Outcome, check, failed, graded, passed, sibling_module
@@ -216,8 +217,6 @@ def best_reproduces(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
 # -- tracking ---------------------------------------------------------------------------------------
 
 def _same_curve(tracked: list[tuple[int, float]], recorded: list[tuple[int, float]]) -> bool:
-    import math
-
     return bool(recorded) and len(tracked) == len(recorded) and all(
         ts == rs and math.isclose(tv, rv, rel_tol=LOSS_RTOL, abs_tol=LOSS_ATOL)
         for (ts, tv), (rs, rv) in zip(tracked, recorded))
@@ -232,7 +231,7 @@ def tracking_logged(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     out = artifacts.require("main")
     wanted = int(ctx.params["trials"])
     seen = [s for s in t.seen_trials(artifacts, ctx) if s.trained]
-    runs = read_tensorboard_runs(out / "runs") if (out / "runs").is_dir() else []
+    runs = read_tensorboard_runs(out / "runs")  # none when runs/ was not written
     free = list(range(len(runs)))
     matched, curves, no_eval = 0, [], []
     for number, trial in enumerate(seen):

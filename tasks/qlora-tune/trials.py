@@ -3,6 +3,7 @@ each trial. Checks compare the two; neither is adopted on its own word."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,6 @@ class Params(BaseModel):
 
     def key(self) -> str:
         """The parameters as one comparable string (every key, sorted)."""
-        import json
-
         return json.dumps(self.model_dump(), sort_keys=True, default=str)
 
 
