@@ -4,6 +4,7 @@
 - :mod:`.nll`: response-only NLL / perplexity of chat data (the definition candidates must match), and
   the NLL of plain text.
 - :mod:`.generation`: greedy decoding, exact match, ROUGE-L.
+- :mod:`.preference`: DPO completion log-probabilities, implicit-reward accuracy and margin, per-token KL.
 - :mod:`.bootstrap`: confidence intervals and paired base-vs-adapter deltas.
 
 Importing this package does not import torch, transformers or peft; the functions do.
@@ -23,6 +24,15 @@ from grader.evaluation.loading import (
     resolve_device,
     validate_adapter_dir,
 )
+from grader.evaluation.preference import (
+    EncodedPair,
+    PairLogps,
+    PreferenceStats,
+    encode_pairs,
+    mean_token_kl,
+    pair_logps,
+    preference_stats,
+)
 from grader.evaluation.nll import (
     EncodedExample,
     ExampleNLL,
@@ -37,13 +47,17 @@ __all__ = [
     "AdapterConfig",
     "AdapterError",
     "EncodedExample",
+    "EncodedPair",
     "ExampleNLL",
     "ModelError",
     "NLLResult",
+    "PairLogps",
+    "PreferenceStats",
     "RecordError",
     "adapter_tensors",
     "bootstrap_ci",
     "encode_chat",
+    "encode_pairs",
     "encode_phrase",
     "encode_prompt",
     "encode_text",
@@ -52,8 +66,11 @@ __all__ = [
     "load_adapter",
     "load_model",
     "load_model_4bit",
+    "mean_token_kl",
     "normalise",
+    "pair_logps",
     "paired_bootstrap_delta",
+    "preference_stats",
     "resolve_device",
     "response_nll",
     "rouge_l",
