@@ -106,7 +106,7 @@ def execute_runs(
             telemetry_file = tel.source / TELEMETRY_FILENAME
         values = {name: sandbox.path_for(m) for name, m in in_mounts.items()}
         values |= run_params(pack, variant.name, seed) | {"out": sandbox.path_for(out_mount)}
-        argv = build_argv(pack.spec.entry, values)
+        argv = build_argv(pack.spec.entry_of(variant.name), values)
         spec = RunSpec(
             argv=argv,
             workdir=Mount(source=work, target=SANDBOX_WORK, writable=True),

@@ -28,7 +28,8 @@ DONE_FILE = "reference.json"
 
 def _key(pack: TaskPack, source: Path, variant: str, base_model_sha: str | None, seed: int, sandbox_id: str) -> str:
     """Everything that could change the reference's outputs, tunegrade's and the libraries' versions included."""
-    parts = [pack.id, pack.spec.version, tree_sha256(source), variant, base_model_sha, seed, sandbox_id, pack.spec.entry,
+    parts = [pack.id, pack.spec.version, tree_sha256(source), variant, base_model_sha, seed, sandbox_id,
+             pack.spec.entry_of(pack.spec.main_run),
              pack.spec.limits.model_dump(mode="json"),
              {k: v for k, v in environment().items() if k != "platform"}]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]

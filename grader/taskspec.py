@@ -65,6 +65,8 @@ class RunVariant(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
     params: dict[str, str | int | float] = Field(default_factory=dict)
     seed_offset: int = Field(0, description="Added to the grading seed for this run.")
+    entry: str | None = Field(None, description="Command with {placeholders} for this run, replacing the task's "
+                                                "entry, e.g. a torchrun launch of the same script.")
 
 
 class CheckSpec(Strict):
@@ -117,11 +119,13 @@ class TaskSpec(Strict):
     @model_validator(mode="after")
     def _placeholders_known(self) -> TaskSpec:
         known = {"out", "seed"} | set(self.inputs) | set(self.params)
-        for run in self.runs:
-            known |= set(run.params)
-        unknown = sorted(set(_PLACEHOLDER.findall(self.entry)) - known)
+        unknown = sorted(set(_PLACEHOLDER.findall(self.entry)) - known - {p for r in self.runs for p in r.params})
         if unknown:
             raise ValueError(f"entry uses unknown placeholders: {', '.join(unknown)}")
+        for i, run in enumerate(self.runs):  # a run's own entry is filled with its own params only
+            unknown = sorted(set(_PLACEHOLDER.findall(run.entry or "")) - known - set(run.params))
+            if unknown:
+                raise ValueError(f"runs[{i}].entry uses unknown placeholders: {', '.join(unknown)}")
         names = [r.name for r in self.runs]
         if len(set(names)) != len(names):
             raise ValueError("run names must be unique")
@@ -130,6 +134,10 @@ class TaskSpec(Strict):
     @property
     def main_run(self) -> str:
         return self.runs[0].name
+
+    def entry_of(self, run: str) -> str:
+        """The command run ``run`` executes: its own entry, else the task's."""
+        return next(r for r in self.runs if r.name == run).entry or self.entry
 
 
 def load_task_spec(path: Path) -> TaskSpec:
