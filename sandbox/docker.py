@@ -245,7 +245,7 @@ class DockerSandbox(Sandbox):
                        for m in spec.mounts if not m.writable]
             run.container = self.api.create_container(
                 self.image, command=IDLE_COMMAND, user=f"{IDLE_UID}:{IDLE_UID}", stdin_open=True,
-                hostname=HOSTNAME, labels=labels, working_dir=spec.workdir.target, network_disabled=True,
+                hostname=HOSTNAME, labels=labels, working_dir=spec.workdir.target,
                 environment={"PATH": f"{IMAGE_PYTHON_BIN}:{SYSTEM_PATH}"},
                 host_config=self._host_config(spec.limits, mounts, run.lease.cpus), name=f"tunegrade-{run.run_id}",
             )["Id"]
@@ -276,7 +276,9 @@ class DockerSandbox(Sandbox):
         ids = f"uid={SANDBOX_UID},gid={SANDBOX_UID}"
         return self.api.create_host_config(
             init=True,
-            network_mode="none",
+            network_mode="none",  # loopback only; the engine then writes /etc/hosts (a disabled network has none)
+            extra_hosts={HOSTNAME: "127.0.0.1"},  # torchrun's rendezvous and gloo resolve the hostname
+            dns=["127.0.0.1"], dns_search=["."],  # /etc/resolv.conf names no resolver or domain of the host
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             read_only=True,

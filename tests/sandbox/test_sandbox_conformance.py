@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -242,6 +243,79 @@ def test_command_that_kills_its_supervisor_still_dies(tree_env, request):
     assert leftover == []
     time.sleep(max(0.0, t0 + 1.8 - time.monotonic()))
     assert not (env.work / "escaped.txt").exists()
+
+
+TORCHRUN = ["torchrun", "--standalone", "--nproc_per_node", "2"]
+"""How candidates launch a multi-process run: typed by name, so it must be on every sandbox's PATH."""
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+DIST = """
+    import ipaddress, json, os, socket, sys, torch, torch.distributed as dist
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    total = torch.tensor([float(rank + 1)])
+    dist.all_reduce(total)
+    open(os.path.join(sys.argv[1], f"rank{rank}"), "w").write(str(dist.get_world_size()))
+    if rank == 0:
+        try:
+            socket.create_connection(("1.1.1.1", 53), timeout=1).close()
+            outside = "connected"
+        except OSError as exc:
+            outside = type(exc).__name__
+        master = {a[4][0] for a in socket.getaddrinfo(os.environ["MASTER_ADDR"], None)}
+        json.dump({"sum": total.item(), "ifaces": [n for _, n in socket.if_nameindex()], "outside": outside,
+                   "master_loopback": all(ipaddress.ip_address(a).is_loopback for a in master)},
+                  open(os.path.join(sys.argv[1], "result.json"), "w"))
+    dist.destroy_process_group()
+"""
+
+
+def test_torchrun_launch_runs_every_rank_over_loopback_only(env, tmp_path):
+    """torchrun's --standalone rendezvous and gloo's collective need only the loopback (and the
+    sandbox's hostname resolving to it): the network stays closed."""
+    (env.work / "dist.py").write_text(textwrap.dedent(DIST))
+    (tmp_path / "out").mkdir()
+    out = Mount(source=tmp_path / "out", target="/sandbox/out", writable=True)
+    r = env.run([*TORCHRUN, "dist.py", env.sb.path_for(out)], mounts=[out], env=ONE_THREAD, memory_mb=2048)
+    assert r.ok, env.err(r)[-2000:]
+    assert [(tmp_path / "out" / f"rank{i}").read_text() for i in range(2)] == ["2", "2"]
+    seen = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert seen["sum"] == 3.0  # 1 + 2: the all_reduce crossed both ranks
+    if env.name != "process":  # the process backend shares the host's network (stated in its isolation notes)
+        assert seen["ifaces"] == ["lo"] and seen["outside"] != "connected" and seen["master_loopback"]
+
+
+RANK_SLEEPER = """
+    import os, sys, time
+    open(os.path.join(sys.argv[1], "rank" + os.environ["RANK"]), "w").write("started")
+    time.sleep(60)
+"""
+
+
+def test_torchrun_launch_killed_at_the_wall_time_leaves_no_rank(tree_env):
+    """torchrun starts each rank in a session of its own: the wall-time kill must reach them anyway.
+    The limit doubles until both ranks were up when it struck: torchrun imports torch before it
+    starts them, 2-3 s on an idle 2-core host and twice that on a busy one."""
+    env = tree_env
+    (env.work / "sleeper.py").write_text(textwrap.dedent(RANK_SLEEPER))
+    ranks = [env.work / f"rank{i}" for i in range(2)]
+    for wall_time_s in (4.0, 8.0, 16.0):
+        tag = marker()
+        for f in ranks:
+            f.unlink(missing_ok=True)
+        t0 = time.monotonic()
+        r = env.run([*TORCHRUN, "sleeper.py", env.sb.path_for(env.workdir), tag], env=ONE_THREAD,
+                    wall_time_s=wall_time_s)
+        assert r.timed_out and r.returncode is None
+        assert time.monotonic() - t0 < wall_time_s + 2 + env.overhead_s
+        deadline = time.monotonic() + 1
+        while processes_with(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert processes_with(tag) == []
+        if all(f.exists() for f in ranks):
+            break
+    else:
+        pytest.fail("torchrun never had both ranks running before the wall time")
 
 
 def _memory_enforced(result) -> bool:
