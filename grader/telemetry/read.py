@@ -8,15 +8,20 @@ What it records
     parameters the optimizer holds; at start, how its model's linear layers are quantised and
     which LoRA layers sit on bitsandbytes 4-bit ones, :class:`QuantizationFacts`; at end, how
     many forward calls went through bitsandbytes ``Linear4bit`` layers during it, with gradients
-    enabled, and on the trainer's model's own layers), every ``Trainer.log`` (training loss,
-    eval_loss, step), ``datasets.load_dataset``/``load_from_disk`` calls, files opened for reading through
-    ``open``/``io.open``/``pathlib``, fingerprints of every sequence that received a gradient
-    (``trained_tokens``: token n-gram hashes, see ``site/tunegrade_fingerprint.py``), and at exit
-    the wall time, peak RSS and peak CUDA memory.
+    enabled, and on the trainer's model's own layers; for a trainer with a ``ref_model``
+    attribute, as TRL's DPOTrainer has, a :class:`Probe`: a fixed conversation's per-token
+    log-probabilities under its model and its reference model, see ``site/tunegrade_probe.py``),
+    every ``Trainer.log`` (training loss, eval_loss, step), ``datasets.load_dataset``/``load_from_disk``
+    calls, files opened for reading through ``open``/``io.open``/``pathlib``, files written through
+    those or by ``safetensors.torch.save_file``/``torch.save`` (which ``save_pretrained`` and
+    checkpoints use), fingerprints of every sequence that received a gradient (``trained_tokens``:
+    token n-gram hashes, see ``site/tunegrade_fingerprint.py``), and at exit the wall time, peak RSS
+    and peak CUDA memory. Each process's start records torchrun's ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``;
+    under torchrun the launcher is the main process and each rank's worker its child.
 
 Event format (one JSON object per line, appended; see :data:`Event` for every field)
     ``{"v": 1, "event": "<kind>", "pid": 123, "t": <unix time>, ...}`` where kind is one of
-    ``start``, ``file_read``, ``model_loaded``, ``peft_applied``, ``trainer_init``,
+    ``start``, ``file_read``, ``file_written``, ``model_loaded``, ``peft_applied``, ``trainer_init``,
     ``train_start``, ``log``, ``train_end``, ``trained_tokens``, ``dataset_load``, ``hook_error``,
     ``exit``.
 
@@ -29,14 +34,23 @@ Honest limits
     The candidate's code runs in the same process as the hooks. It can undo them, skip them
     (``python -I``/``-S``/``-E``, ``os._exit``, a subclass that never calls ``super()``), or
     write to or delete the file. Reads by native code (pyarrow, safetensors, tokenizers) and
-    through ``os.open`` are not seen. The quantisation facts describe ``trainer.model`` when
-    ``train`` starts (a model swapped in later is not scanned), and the 4-bit forward counter is
-    a class-level wrapper of ``Linear4bit.forward`` (a subclass overriding ``forward`` without
-    ``super()`` is not counted). So telemetry is evidence, never proof: checks cross-check
-    it with artifacts the grader measures itself (adapter files, parameter counts of saved
-    weights, the sandbox's own timing and memory), and a missing, truncated or garbled file,
-    or a run without its ``exit`` event, is itself evidence. Every line is validated; lines
-    that do not match a known event are counted in ``malformed_lines`` and otherwise ignored.
+    through ``os.open`` are not seen; nor are writes by native code other than the two wrapped
+    (a tokenizer's ``tokenizer.json``, written by the tokenizers library; pyarrow writers given a
+    path), through ``os.open``, or files moved or linked into place (``os.replace``, ``os.rename``).
+    A written file is noted once per process: when it is opened (even if nothing is then written)
+    or, for the two native writers, when the call ends and the file exists. The quantisation facts
+    describe ``trainer.model`` when ``train`` starts (a model swapped in later is not scanned), and
+    the 4-bit forward counter is a class-level wrapper of ``Linear4bit.forward`` (a subclass
+    overriding ``forward`` without ``super()`` is not counted). The probe scores ``trainer.model``
+    and the reference as they are when ``train`` starts (before a checkpoint it resumes from is
+    loaded), with the trainer's tokenizer and its chat template, finding the reference the way TRL
+    1.16's DPOTrainer does (another trainer with a ``ref_model`` attribute may use it otherwise);
+    the reference log-probabilities TRL precomputes from a model without adapters are not scored.
+    So telemetry is evidence, never proof: checks cross-check it with artifacts the grader measures
+    itself (adapter files, parameter counts of saved weights, the sandbox's own timing and memory),
+    and a missing, truncated or garbled file, or a run without its ``exit`` event, is itself evidence.
+    Every line is validated; lines that do not match a known event are counted in
+    ``malformed_lines`` and otherwise ignored.
 """
 
 from __future__ import annotations
@@ -62,7 +76,7 @@ from sandbox import Mount
 SCHEMA_VERSION = 1
 FORMAT_VERSION = 1  # the "v" of each event line; sitecustomize.FORMAT_VERSION must match
 SITE_DIR = Path(__file__).parent / "site"
-SITE_FILES = ("sitecustomize.py", "tunegrade_fingerprint.py")
+SITE_FILES = ("sitecustomize.py", "tunegrade_fingerprint.py", "tunegrade_probe.py")
 CONFIG_FILE = "tunegrade_telemetry.txt"  # sitecustomize.CONFIG_FILE
 TELEMETRY_FILENAME = "telemetry.jsonl"
 SANDBOX_TELEMETRY = "/sandbox/telemetry"
@@ -84,6 +98,9 @@ class StartEvent(_Event):
     argv: list[str] = Field(description="sys.orig_argv: the full command line.")
     cwd: str | None
     python: str | None
+    rank: int | None = Field(None, description="RANK from the environment (torchrun's workers); None if unset.")
+    local_rank: int | None = Field(None, description="LOCAL_RANK from the environment; None if unset.")
+    world_size: int | None = Field(None, description="WORLD_SIZE from the environment; None if unset.")
 
 
 class FileReadEvent(_Event):
@@ -92,6 +109,15 @@ class FileReadEvent(_Event):
     event: Literal["file_read"]
     path: str = Field(description="Absolute path as the process saw it (in-sandbox path).")
     mode: str
+
+
+class FileWrittenEvent(_Event):
+    """A file opened for writing (mode with w, a, x or +) through ``open``/``io.open``/pathlib, or
+    written by ``safetensors.torch.save_file`` or ``torch.save`` given a path (first time per process)."""
+
+    event: Literal["file_written"]
+    path: str = Field(description="Absolute path as the process saw it (in-sandbox path).")
+    via: str = Field(description='"open", "safetensors.torch.save_file" or "torch.save".')
 
 
 class ModelLoadedEvent(_Event):
@@ -185,6 +211,30 @@ class QuantizationFacts(Strict):
         return self
 
 
+class Probe(Strict):
+    """``site/tunegrade_probe.py``'s fixed conversation scored as a DPO-style train started: the grader
+    scores it under models it loads itself (``token_logprobs(model, probe_ids(tokenizer))``) and
+    compares, to tell which model the training started from and which reference it used."""
+
+    ids: list[int] = Field(description="PROBE_CHAT's token ids under the trainer's tokenizer and chat template.")
+    policy: list[float] = Field(description="log p(ids[t] | ids[:t]), t >= 1, under the trainer's model as it started.")
+    reference: list[float] | None = Field(description="The same under the reference model; None when none was found.")
+    reference_via: Literal["ref_model", "ref_adapter", "disabled_adapters"] | None = Field(
+        description='How TRL finds the reference: trainer.ref_model, the PEFT model\'s "ref" adapter (a copy of an '
+        "adapter training continues), or the PEFT model with its adapters disabled; None: none of these applies "
+        "(e.g. TRL precomputed the reference log-probabilities from a model without adapters)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Probe:
+        scored = [self.policy] + ([] if self.reference is None else [self.reference])
+        if any(len(s) != max(len(self.ids) - 1, 0) for s in scored):
+            raise ValueError("a probe needs one log-probability per token after the first")
+        if (self.reference is None) != (self.reference_via is None):
+            raise ValueError("reference and reference_via are both set or both None")
+        return self
+
+
 class TrainStartEvent(_Event):
     """``Trainer.train`` was entered."""
 
@@ -199,6 +249,10 @@ class TrainStartEvent(_Event):
     peft_configs: dict[str, dict[str, Any]] | None
     quantization: QuantizationFacts | None = Field(
         None, description="The trainer's model's linear layers; None when it could not be scanned (or older files)."
+    )
+    probe: Probe | None = Field(
+        None, description="Only for a trainer with a ref_model attribute (DPO-style); None when it failed (see "
+        "hook_errors) or for other trainers."
     )
 
 
@@ -289,6 +343,7 @@ class ExitEvent(_Event):
 Event = Annotated[
     StartEvent
     | FileReadEvent
+    | FileWrittenEvent
     | ModelLoadedEvent
     | PeftAppliedEvent
     | TrainerInitEvent
@@ -310,6 +365,9 @@ class ProcessInfo(Strict):
     pid: int
     ppid: int | None = None
     argv: list[str] = Field(default_factory=list)
+    rank: int | None = Field(None, description="RANK, LOCAL_RANK and WORLD_SIZE from its start event.")
+    local_rank: int | None = None
+    world_size: int | None = None
     exited: bool = Field(False, description="Its exit event was written.")
     wall_s: float | None = None
     peak_rss_mb: float | None = Field(None, description="Max of its own and its children's peak RSS.")
@@ -334,6 +392,7 @@ class TrainRun(Strict):
     optimizer_params: int | None = None
     error: str | None = None
     quantization: QuantizationFacts | None = Field(None, description="At train start (TrainStartEvent).")
+    probe: Probe | None = Field(None, description="At train start, DPO-style trainers only (TrainStartEvent).")
     quant4_forwards: int | None = Field(None, description="At train end (TrainEndEvent).")
     quant4_grad_forwards: int | None = None
     quant4_grad_forwards_in_model: int | None = None
@@ -369,9 +428,18 @@ class Telemetry(Strict):
     trained_ngrams: int = Field(0, description="Distinct n-gram fingerprints of them (see trained_fingerprints).")
     datasets_loaded: list[DatasetLoadEvent] = Field(default_factory=list)
     files_read: list[str] = Field(default_factory=list, description="Sorted, unique, in-sandbox paths.")
+    files_written: dict[str, list[int]] = Field(
+        default_factory=dict, description="In-sandbox path -> the pids that wrote it (sorted); paths sorted."
+    )
     hook_errors: list[str] = Field(default_factory=list)
-    wall_s: float | None = Field(None, description="Wall time of the main (first) process, from its exit event.")
+    wall_s: float | None = Field(
+        None, description="Wall time of the main process, from its exit event: the first process whose parent is "
+        "not in the file (under torchrun, the launcher: its workers are its children)."
+    )
     exited: bool = Field(False, description="The main process wrote its exit event.")
+    all_exited: bool = Field(
+        False, description="Every process with a start event (torchrun's workers, subprocesses) wrote its exit event."
+    )
     peak_rss_mb: float | None = Field(None, description="Largest peak RSS of any process or its children.")
     cuda_peak_mb: float | None = Field(None, description="Largest peak CUDA memory of any process.")
 
@@ -472,17 +540,21 @@ def summarise(events: list[Any], *, malformed: int = 0, truncated: bool = False)
     procs: dict[int, ProcessInfo] = {}
     runs: list[TrainRun] = []
     files: set[str] = set()
+    writers: dict[str, set[int]] = {}
     ngrams = 0
     for ev in events:
         proc = procs.setdefault(ev.pid, ProcessInfo(pid=ev.pid))
         if isinstance(ev, StartEvent):
             proc.ppid, proc.argv = ev.ppid, ev.argv
+            proc.rank, proc.local_rank, proc.world_size = ev.rank, ev.local_rank, ev.world_size
         elif isinstance(ev, ExitEvent):
             proc.exited, proc.wall_s, proc.uncaught = True, ev.wall_s, ev.uncaught
             proc.peak_rss_mb = max(ev.peak_rss_mb, ev.children_peak_rss_mb)
             proc.cuda_peak_mb = ev.cuda_peak_mb
         elif isinstance(ev, FileReadEvent):
             files.add(ev.path)
+        elif isinstance(ev, FileWrittenEvent):
+            writers.setdefault(ev.path, set()).add(ev.pid)
         elif isinstance(ev, ModelLoadedEvent):
             tel.models_loaded.append(ev)
         elif isinstance(ev, PeftAppliedEvent):
@@ -500,6 +572,7 @@ def summarise(events: list[Any], *, malformed: int = 0, truncated: bool = False)
                     total_params=ev.total_params,
                     peft_configs=ev.peft_configs,
                     quantization=ev.quantization,
+                    probe=ev.probe,
                 )
             )
         elif isinstance(ev, TrainEndEvent):
@@ -530,6 +603,7 @@ def summarise(events: list[Any], *, malformed: int = 0, truncated: bool = False)
             tel.hook_errors.append(f"{ev.module}: {ev.error}")
     tel.processes = list(procs.values())
     tel.files_read = sorted(files)
+    tel.files_written = {path: sorted(writers[path]) for path in sorted(writers)}
     tel.trained_ngrams = ngrams
     tel.train_runs = runs
     _fold_processes(tel)
@@ -543,6 +617,7 @@ def _fold_processes(tel: Telemetry) -> None:
     main = next((p for p in started if p.ppid not in pids), started[0] if started else None)
     if main is not None:
         tel.wall_s, tel.exited = main.wall_s, main.exited
+    tel.all_exited = bool(started) and all(p.exited for p in started)
     rss = [p.peak_rss_mb for p in tel.processes if p.peak_rss_mb is not None]
     cuda = [p.cuda_peak_mb for p in tel.processes if p.cuda_peak_mb is not None]
     tel.peak_rss_mb = max(rss) if rss else None

@@ -9,7 +9,9 @@ per line to that file.
 Only the standard library is imported here, so ``python -c pass`` stays fast. Hooks on
 transformers, peft, datasets and bitsandbytes are installed lazily: a ``sys.meta_path`` finder wraps
 the loader of the few modules named in ``_PATCHERS`` and patches them right after they
-execute. ``open`` (builtins and io) is wrapped at once to note files opened for reading.
+execute. ``open`` (builtins and io) is wrapped at once to note files opened for reading or
+writing; ``safetensors.torch.save_file`` and ``torch.save`` (which write natively, not through
+``open``) are wrapped to note the files they write.
 
 Every transformers model, however it is built, is watched for training: each sequence whose
 output (logits, a fused head's log-probabilities, the loss) receives a gradient is fingerprinted (``tunegrade_fingerprint``: hashes of its token
@@ -18,6 +20,11 @@ n-grams), so the grader can tell which examples were trained on, whatever the tr
 Each ``Trainer.train`` records how its model's linear layers are quantised (bitsandbytes 4-bit,
 other quantised kinds, full precision; LoRA layers on 4-bit bases), and how many forward calls
 went through bitsandbytes ``Linear4bit`` layers during it (a class-level counter, no event per call).
+A trainer with a ``ref_model`` attribute (DPO-style) also gets a probe (``tunegrade_probe``): a
+fixed conversation's per-token log-probabilities under its model and its reference model, as
+training starts.
+
+Each process's start event carries torchrun's ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``.
 
 Every hook calls the original first or last and swallows its own errors: the candidate's
 program must behave exactly as without telemetry. The event format is documented in
@@ -33,6 +40,7 @@ import os as _os
 
 CONFIG_FILE = "tunegrade_telemetry.txt"
 FINGERPRINT_FILE = "tunegrade_fingerprint.py"
+PROBE_FILE = "tunegrade_probe.py"
 FORMAT_VERSION = 1
 MAX_EVENT_CHARS = 65536
 MAX_FILES = 5000
@@ -133,7 +141,7 @@ def _activate(out_path):
 
         return enter, leave
 
-    # ---- files opened for reading ------------------------------------------------------
+    # ---- files opened for reading or writing, files written natively ---------------------------
     skip = tuple(
         p.rstrip("/") + "/"
         for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, _os.path.dirname(__file__)}
@@ -155,14 +163,61 @@ def _activate(out_path):
         seen.add(path)
         emit("file_read", path=path, mode=mode)
 
+    written = set()
+    # Which process wrote a file is evidence (one rank or all of them?): a forked child starts afresh.
+    if hasattr(_os, "register_at_fork"):
+        _os.register_at_fork(after_in_child=written.clear)
+
+    def note_written(file, via):
+        if isinstance(file, int):
+            return
+        path = _os.path.abspath(_os.fsdecode(_os.fspath(file)))
+        if path in written or path.startswith(("/proc/", "/sys/", "/dev/")):
+            return
+        if len(written) >= MAX_FILES:
+            counts["dropped"] += 1
+            return
+        written.add(path)
+        emit("file_written", path=path, via=via)
+
     def traced_open(file, mode="r", *args, **kwargs):
         f = orig_open(file, mode, *args, **kwargs)
         try:
             if "r" in mode or "+" in mode:
                 note_read(file, mode)
+            if any(c in mode for c in "wax+"):
+                note_written(file, "open")
         except Exception:
             pass
         return f
+
+    def make_saver(original, via, target_of):
+        """Wrap a function writing a file natively; ``target_of(args, kwargs)`` is its path argument
+        (a file object is not noted here: it was opened through ``open``)."""
+        if getattr(original, "_tunegrade", False):
+            return original
+
+        def saver(*args, **kwargs):
+            try:
+                return original(*args, **kwargs)
+            finally:
+                try:
+                    target = target_of(args, kwargs)
+                    if isinstance(target, (str, bytes, _os.PathLike)) and _os.path.exists(target):
+                        note_written(target, via)
+                except Exception:
+                    pass
+
+        _copy_meta(saver, original)
+        return saver
+
+    def patch_safetensors_torch(mod):  # save_pretrained writes weights and adapters through it
+        mod.save_file = make_saver(
+            mod.save_file, "safetensors.torch.save_file", lambda a, k: a[1] if len(a) > 1 else k.get("filename")
+        )
+
+    def patch_torch_serialization(mod):  # a path goes to torch's native zip writer, not open()
+        mod.save = make_saver(mod.save, "torch.save", lambda a, k: a[1] if len(a) > 1 else k.get("f"))
 
     try:
         traced_open.__doc__ = orig_open.__doc__
@@ -362,7 +417,7 @@ def _activate(out_path):
         setattr(cls, attr, classmethod(wrapper))
 
     # ---- sequences trained on --------------------------------------------------------------
-    fingerprint = _load_fingerprint()
+    fingerprint = _load_beside(FINGERPRINT_FILE)
     trained = {"seen": set(), "pending": [], "rows": 0, "tokens": 0, "lock": threading.Lock()}
 
     def flush_trained():
@@ -520,6 +575,18 @@ def _activate(out_path):
 
     # ---- transformers.trainer ----------------------------------------------------------------
     serial = {"next": 1}
+    probe = _load_beside(PROBE_FILE)
+
+    def probe_of(trainer):
+        """The probe of a DPO-style trainer (one with a ``ref_model`` attribute, None or not) as it
+        starts training; None for others, and None plus a hook_error when it fails."""
+        try:
+            if not hasattr(trainer, "ref_model"):
+                return None
+            return probe.probe_trainer(trainer)
+        except Exception as exc:
+            emit("hook_error", module="tunegrade_probe", error=f"{type(exc).__name__}: {exc}"[:2000])
+            return None
 
     def trainer_key(trainer):
         """A number per trainer, unique in the process: id() is reused once a trainer is freed, and a
@@ -588,6 +655,7 @@ def _activate(out_path):
                     return orig_train(self, *args, **kwargs)
                 finally:
                     train_leave()
+            probed = probe_of(self)  # before the counters: its forward passes are not training
             start = time.monotonic()
             counted = (quant4["calls"], quant4["grad"], quant4["grad_in_model"])
             watched = quant4["watched"]
@@ -596,14 +664,16 @@ def _activate(out_path):
                 trainable, total = safe(param_counts, model) or (None, None)
                 quantization, ids4 = safe(quantization_facts, model) or (None, frozenset())
                 quant4["watched"] = ids4
-                emit(
-                    "train_start",
-                    trainable_params=trainable,
-                    total_params=total,
-                    peft_configs=peft_configs_of(model),
-                    quantization=quantization,
-                    **facts,
+                fields = clean(
+                    dict(
+                        trainable_params=trainable,
+                        total_params=total,
+                        peft_configs=peft_configs_of(model),
+                        quantization=quantization,
+                        **facts,
+                    )
                 )
+                write("train_start", {**fields, "probe": probed})  # JSON-safe already; clean() would cut its lists
             except Exception:
                 pass
             error = None
@@ -712,6 +782,8 @@ def _activate(out_path):
         "datasets.load": patch_datasets,
         "datasets": patch_datasets,
         "bitsandbytes.nn.modules": patch_bnb_modules,
+        "safetensors.torch": patch_safetensors_torch,
+        "torch.serialization": patch_torch_serialization,
     }
 
     def run_patcher(name, module):
@@ -805,12 +877,22 @@ def _activate(out_path):
             pass
 
     atexit.register(at_exit)
+
+    def env_int(name):
+        try:
+            return int(_os.environ[name])
+        except (KeyError, ValueError):
+            return None
+
     emit(
         "start",
         ppid=_os.getppid(),
         argv=list(getattr(sys, "orig_argv", sys.argv))[:50],
         cwd=safe(_os.getcwd),
         python=sys.executable,
+        rank=env_int("RANK"),
+        local_rank=env_int("LOCAL_RANK"),
+        world_size=env_int("WORLD_SIZE"),
     )
 
 
@@ -849,12 +931,12 @@ def _here(name):
     return _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), name)
 
 
-def _load_fingerprint():
-    """The fingerprint module beside this file, loaded by path: nothing on sys.path can shadow it."""
+def _load_beside(filename):
+    """A helper module beside this file, loaded by path: nothing on sys.path can shadow it."""
     try:
         import importlib.util
 
-        spec = importlib.util.spec_from_file_location("_tunegrade_fingerprint", _here(FINGERPRINT_FILE))
+        spec = importlib.util.spec_from_file_location("_" + _os.path.splitext(filename)[0], _here(filename))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module

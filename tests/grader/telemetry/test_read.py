@@ -142,6 +142,48 @@ def test_run_training_most_parameters_is_reported():
     assert not tel.exited and tel.wall_s is None  # no exit event: the process died abnormally
 
 
+def test_torchrun_ranks_and_files_written():
+    """The launcher is the main process; a rank without its exit event shows in all_exited."""
+    worker = {"argv": ["python", "-u", "dpo.py"], "cwd": "/sandbox/work", "python": "/usr/bin/python"}
+    lines = [
+        START,
+        ev("start", pid=11, ppid=10, rank=0, local_rank=0, world_size=2, **worker),
+        ev("start", pid=12, ppid=10, rank=1, local_rank=1, world_size=2, **worker),
+        ev("file_written", pid=12, path="/sandbox/out/b.txt", via="open"),
+        ev("file_written", pid=11, path="/sandbox/out/b.txt", via="open"),
+        ev("file_written", pid=11, path="/sandbox/out/a.safetensors", via="safetensors.torch.save_file"),
+        ev("exit", pid=11, **{k: v for k, v in json.loads(EXIT).items() if k not in ("v", "event", "pid", "t")}),
+        EXIT,
+    ]
+    tel = read_mod.summarise(read_mod.parse_events("\n".join(lines).encode())[0])
+    assert tel.files_written == {"/sandbox/out/a.safetensors": [11], "/sandbox/out/b.txt": [11, 12]}
+    launcher, rank0, rank1 = tel.processes
+    assert (launcher.rank, rank0.rank, rank1.rank) == (None, 0, 1)
+    assert (rank1.local_rank, rank1.world_size, rank1.ppid) == (1, 2, 10)
+    assert tel.exited and tel.wall_s == 3.5 and not tel.all_exited  # rank 1 never wrote its exit event
+    old = read_mod.summarise(read_mod.parse_events(f"{START}\n{EXIT}".encode())[0])  # older files: no ranks
+    assert old.processes[0].rank is None and old.all_exited and old.files_written == {}
+
+
+def test_probe_must_be_consistent():
+    probe = {"ids": [5, 6, 7], "policy": [-1.0, -2.0], "reference": [-1.5, -2.5], "reference_via": "ref_model"}
+    bad = [
+        {**probe, "policy": [-1.0]},  # one log-probability per token after the first
+        {**probe, "reference": [-1.0, -2.0, -3.0]},
+        {**probe, "reference_via": None},  # a reference must say where it came from
+        {**probe, "reference": None},
+        {**probe, "reference_via": "base_model"},  # unknown way
+    ]
+    good = [probe, {**probe, "reference": None, "reference_via": None}]
+    lines = [ev("train_start", **TRAIN_START, trainable_params=10, total_params=1000, probe=p) for p in good + bad]
+    lines.append(ev("train_start", **TRAIN_START, trainable_params=10, total_params=1000))  # older files
+    events, malformed = read_mod.parse_events("\n".join(lines).encode())
+    assert malformed == len(bad)
+    tel = read_mod.summarise(events)
+    assert [r.probe.reference_via if r.probe else None for r in tel.train_runs] == ["ref_model", None, None]
+    assert tel.train_runs[0].probe.policy == [-1.0, -2.0] and tel.train_runs[1].probe.reference is None
+
+
 def test_env_mounts_and_site(tmp_path: Path):
     """The environment names no telemetry file: a config file in the run's own site folder does."""
     assert telemetry_env("/sandbox/telemetry-site") == {"PYTHONPATH": "/sandbox/telemetry-site"}
@@ -162,4 +204,5 @@ def test_writer_and_reader_agree_on_names():
     spec.loader.exec_module(module)  # inactive: no config file beside it
     assert module.CONFIG_FILE == read_mod.CONFIG_FILE
     assert module.FINGERPRINT_FILE in read_mod.SITE_FILES
+    assert module.PROBE_FILE in read_mod.SITE_FILES
     assert module.FORMAT_VERSION == read_mod.FORMAT_VERSION

@@ -156,6 +156,7 @@ def test_trainer_lora_run_is_recorded(runs):
     [train] = tel.train_runs
     assert train.ended and train.error is None and train.global_step == 4
     assert train.optimizer_params == train.trainable_params_end == tel.trainable_params
+    assert train.probe is None  # no ref_model: not DPO-style
     assert [step for step, _ in tel.losses] == [1, 2, 3, 4]
     assert all(3 < loss < 7 for _, loss in tel.losses)  # ~ln(128) for a random model
     assert [step for step, _ in tel.eval_losses] == [4]
