@@ -82,6 +82,26 @@ def _search(result: Result) -> dict[str, Any] | None:
     return {"trials": trials or [], "quantization": quantization, "runs": runs, "palette": PALETTE}
 
 
+def _alignment(result: Result) -> dict[str, Any] | None:
+    """A multi-stage alignment pipeline, where the task's checks describe one: held-out NLL of the base,
+    SFT and final models, preference accuracy and margin, retention and drift against their bounds, and
+    the distributed run beside the single-process one (all from the checks' evidence)."""
+    data = {c.id: c.evidence.data for c in result.checks}
+    if "preference-accuracy" not in data and "dpo-from-sft" not in data:
+        return None
+    sft, retention = data.get("sft-improves") or {}, data.get("retention") or {}
+    stages = []
+    if sft.get("base_nll"):
+        stages.append({"name": "Base", "nll": sft["base_nll"], "rise": None})
+    if sft.get("adapter_nll"):
+        stages.append({"name": "SFT", "nll": sft["adapter_nll"], "rise": None})
+    if retention.get("final_nll") is not None:
+        stages.append({"name": "SFT + DPO", "nll": [retention["final_nll"]], "rise": retention.get("rise")})
+    return {"stages": stages, "preference": data.get("preference-accuracy") or {}, "retention": retention,
+            "drift": data.get("drift-bounded") or {}, "distributed": data.get("distributed") or {},
+            "runs": {r.name: r for r in result.runs}}
+
+
 def _env() -> Environment:
     env = Environment(
         loader=FileSystemLoader(REPORTS_DIR / "templates"),
@@ -105,7 +125,8 @@ def _env() -> Environment:
 def render_report(result: Result, path: Path) -> Path:
     counts = Counter({"pass": 0, "partial": 0, "fail": 0, "error": 0})
     counts.update(c.status for c in result.checks)
-    html = _env().get_template("report.html.j2").render(r=result, counts=counts, search=_search(result))
+    html = _env().get_template("report.html.j2").render(r=result, counts=counts, search=_search(result),
+                                                        alignment=_alignment(result))
     path.write_text(html, encoding="utf-8")
     return path
 

@@ -29,6 +29,7 @@ OTHER_COHORTS: dict[str, dict[str, tuple[str, ...] | None]] = {
     "data-prep": {"corpus-cohort-b": None, "corpus-cohort-c": ("good",)},
     "lora-sft": {"corpus-cohort-b": ("good", "good-trl", "flawed-train-on-val", "flawed-hand-loop-on-val")},
     "qlora-tune": {"corpus-cohort-b": ("good", "good-trl", "flawed-last-trial")},
+    "sft-dpo": {"corpus-cohort-b": ("good", "good-ref-model")},
 }
 """Per task, the other hidden seeds and the solutions graded on each (None: all of them)."""
 CASES = [(pack.id, sol.name, DEFAULT) for pack in PACKS.values() for sol in list_solutions(pack)] + [
@@ -132,3 +133,17 @@ def test_search_report_shows_trials_curves_and_quantisation(case: tuple[str, str
     assert search.count('<span class="badge pass">chosen</span>') == 1
     assert search.count("<polyline") == 3 and "<circle" in search  # three trials' loss curves, eval dots
     assert "bitsandbytes Linear4bit" in search and "nf4" in search and "Double quantisation" in search
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [("sft-dpo", "good", DEFAULT)], ids=case_id)
+def test_alignment_report_shows_both_stages_preferences_and_the_distributed_run(
+        case: tuple[str, str, str], graded: dict, tmp_path: Path) -> None:
+    from grader.report import render_report
+
+    html = render_report(graded[case], tmp_path / "report.html").read_text(encoding="utf-8")
+    section = html[html.index("<h2>Alignment"):html.index("<h2>Rubric")]
+    for model in ("<b>Base</b>", "<b>SFT</b>", "<b>SFT + DPO</b>"):
+        assert model in section
+    assert "Preference accuracy" in section and "Mean reward margin" in section and "Drift from SFT" in section
+    assert "distributed (world size 2)" in section and "Distributed vs single" in section
