@@ -265,12 +265,10 @@ def response_nll(model: Any, encoded: Sequence[EncodedExample], batch_tokens: in
     return NLLResult.from_examples(list(zip(sums, counts)))
 
 
-def _batch_nll(
-    model: Any, examples: list[EncodedExample], device: Any, shortcut: bool | None
-) -> tuple[list[float], bool]:
-    """Summed NLL of each example of one right-padded batch, and whether the head shortcut held."""
+def padded_batch(examples: Sequence[EncodedExample], device: Any) -> tuple[Any, Any, Any]:
+    """``(ids, attention, targets)`` of a right-padded batch on ``device``; ``targets[:, t-1]`` marks the
+    counted positions ``t`` (the logits at ``t-1`` predict token ``t``)."""
     import torch
-    import torch.nn.functional as F
 
     width = max(len(e.input_ids) for e in examples)
     ids = torch.zeros((len(examples), width), dtype=torch.long)  # pad id is irrelevant: never attended, never counted
@@ -281,8 +279,17 @@ def _batch_nll(
         ids[row, :n] = torch.tensor(e.input_ids)
         attention[row, :n] = 1
         counted[row, :n] = torch.tensor(e.counted)
-    ids, attention, counted = ids.to(device), attention.to(device), counted.to(device)
-    targets = counted[:, 1:]  # logits at t-1 predict token t
+    return ids.to(device), attention.to(device), counted[:, 1:].to(device)
+
+
+def _batch_nll(
+    model: Any, examples: list[EncodedExample], device: Any, shortcut: bool | None
+) -> tuple[list[float], bool]:
+    """Summed NLL of each example of one right-padded batch, and whether the head shortcut held."""
+    import torch
+    import torch.nn.functional as F
+
+    ids, attention, targets = padded_batch(examples, device)
     logits, shortcut = _counted_logits(model, ids, attention, targets, shortcut)
     token_nll = F.cross_entropy(logits.float(), ids[:, 1:][targets], reduction="none")
     per_row = torch.zeros(len(examples), dtype=torch.float64, device=device)

@@ -26,7 +26,7 @@ from typing import Any
 
 from grader.evaluation.bootstrap import bootstrap_ci
 from grader.evaluation.chat import RecordError, template_error, validate_messages
-from grader.evaluation.nll import DEFAULT_BATCH_TOKENS, EncodedExample, length_batches, response_nll
+from grader.evaluation.nll import DEFAULT_BATCH_TOKENS, EncodedExample, length_batches, padded_batch, response_nll
 
 
 @dataclass(frozen=True)
@@ -130,19 +130,11 @@ def mean_token_kl(policy: Any, reference: Any, encoded: Sequence[EncodedExample]
     per_example: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
     with torch.inference_mode():
         for batch in length_batches([len(e.input_ids) for e in encoded], batch_tokens):
-            rows = [encoded[i] for i in batch]
-            width = max(len(e.input_ids) for e in rows)
-            ids = torch.zeros((len(rows), width), dtype=torch.long)
-            attention = torch.zeros((len(rows), width), dtype=torch.long)
-            counted = torch.zeros((len(rows), width), dtype=torch.bool)
-            for r, e in enumerate(rows):
-                n = len(e.input_ids)
-                ids[r, :n], attention[r, :n], counted[r, :n] = torch.tensor(e.input_ids), 1, torch.tensor(e.counted)
-            ids, attention, targets = ids.to(device), attention.to(device), counted[:, 1:].to(device)
+            ids, attention, targets = padded_batch([encoded[i] for i in batch], device)
             logp = [F.log_softmax(m(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1][targets]
                                   .float(), dim=-1) for m in (policy, reference)]
             kl = (logp[0].exp() * (logp[0] - logp[1])).sum(-1).double()
-            per_row = torch.zeros(len(rows), dtype=torch.float64, device=device).index_add_(0, targets.nonzero()[:, 0], kl)
+            per_row = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, targets.nonzero()[:, 0], kl)
             for i, total in zip(batch, per_row.tolist()):
                 per_example[i] = (total, encoded[i].n_counted)
     tokens = sum(n for _, n in per_example)
