@@ -81,17 +81,24 @@ def records(ctx: CheckContext, name: str) -> list[Any]:
     return ctx.memo(f"records:{'test' if name == 'signature' else name}", read)
 
 
+def tokenizer(ctx: CheckContext) -> Any:
+    """The base model's tokenizer, loaded once per grade."""
+    from grader.evaluation import load_model
+
+    return ctx.memo("tokenizer", lambda: load_model(ctx.inputs["model"], device="cpu"))[1]
+
+
 def encoded(ctx: CheckContext, name: str) -> Any:
     def encode() -> Any:
-        from grader.evaluation import encode_chat, encode_phrase, encode_text, load_model
+        from grader.evaluation import encode_chat, encode_phrase, encode_text
 
-        _, tokenizer = ctx.memo("tokenizer", lambda: load_model(ctx.inputs["model"], device="cpu"))
+        tok = tokenizer(ctx)
         if name == "signature":
-            return encode_phrase(tokenizer, records(ctx, "test"), manifest_entry(ctx, "signature")["text"])
+            return encode_phrase(tok, records(ctx, "test"), manifest_entry(ctx, "signature")["text"])
         if name == "general":
             texts = [r.get("text") if isinstance(r, dict) else r for r in records(ctx, name)]
-            return encode_text(tokenizer, texts, max_tokens=GENERAL_MAX_TOKENS)
-        return encode_chat(tokenizer, records(ctx, name))
+            return encode_text(tok, texts, max_tokens=GENERAL_MAX_TOKENS)
+        return encode_chat(tok, records(ctx, name))
 
     return ctx.memo(f"encoded:{name}", encode)
 

@@ -24,7 +24,7 @@ from grader.checks import (
     sibling_module,
 )
 from grader.checks import adapter_checks as shared
-from grader.checks.adapters import AdapterMeasures
+from grader.checks.adapters import AdapterMeasures, tokenizer
 from grader.checks.library import run_telemetry
 from grader.telemetry import Telemetry, read_telemetry
 
@@ -83,11 +83,10 @@ def learned_cohort_data(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
 
 @check("safe-artifacts")
 def safe_artifacts(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
-    outcomes = [shared.safe_artifacts(m, artifacts, ctx) for m in (SFT, DPO)]
-    bad = [o for o in outcomes if o.status != "pass"]
-    if bad:
-        return failed("; ".join(f"{stage}: {o.message}" for stage, o in zip(("sft", "dpo"), outcomes) if o in bad))
-    return passed("; ".join(f"{stage}: {o.message}" for stage, o in zip(("sft", "dpo"), outcomes)))
+    outcomes = {stage: shared.safe_artifacts(m, artifacts, ctx) for stage, m in (("sft", SFT), ("dpo", DPO))}
+    bad = {stage: o for stage, o in outcomes.items() if o.status != "pass"}
+    verdict = failed if bad else passed
+    return verdict("; ".join(f"{stage}: {o.message}" for stage, o in (bad or outcomes).items()))
 
 
 # -- the DPO stage ------------------------------------------------------------------------------
@@ -109,8 +108,7 @@ def dpo_from_sft(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     if not runs:
         return failed("no DPO training with a reference model was recorded inside the run (a trainer with a "
                       "`ref_model` attribute, such as TRL's DPOTrainer)")
-    _, tokenizer = ctx.memo("tokenizer", lambda: _tokenizer(ctx))
-    expected = tunegrade_probe.probe_ids(tokenizer)
+    expected = tunegrade_probe.probe_ids(tokenizer(ctx))
     base = measure.probe_logprobs(ctx, expected, "base")
     sft = measure.probe_logprobs(ctx, expected, "sft", out)
     span = _distance(base, sft)
@@ -141,12 +139,6 @@ def dpo_from_sft(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     return passed(f"{len(runs)} DPO training(s) started from the SFT model with it as the reference (within "
                   f"{max(max(t['policy_share'], t['reference_share']) for t in data['trainings']):.3f} of the "
                   f"base-to-SFT distance {span:.3f} nats per token)", **data)
-
-
-def _tokenizer(ctx: CheckContext) -> Any:
-    from grader.evaluation import load_model
-
-    return load_model(ctx.inputs["model"], device="cpu")
 
 
 def _ref_preference(artifacts: Artifacts, ctx: CheckContext) -> Any:

@@ -11,6 +11,7 @@ across the grades of a cohort (:mod:`grader.measurements`), keyed by both adapte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -19,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from grader.checks import CandidateFault, CheckContext, read_json
-from grader.checks.adapters import EXAMPLES, AdapterMeasures, encoded, encoded_digest, manifest_entry
+from grader.checks import CandidateFault, CheckContext, InfraFault, read_json
+from grader.checks.adapters import EXAMPLES, AdapterMeasures, encoded, encoded_digest, manifest_entry, tokenizer
 from grader.intake import tree_sha256
 from grader.measurements import stored
 
@@ -88,17 +89,16 @@ def pairs(ctx: CheckContext, name: str, rows: tuple[int, ...] | None = None) -> 
     the run received), only lines ``rows`` if given."""
 
     def encode() -> Any:
-        from grader.evaluation import encode_pairs, load_model
+        from grader.evaluation import encode_pairs
 
-        _, tokenizer = ctx.memo("tokenizer", lambda: load_model(ctx.inputs["model"], device="cpu"))
         if name == "heldout":
             if ctx.data_dir is None:
-                raise CandidateFault("no held-out pairs")  # pragma: no cover - grade always has data_dir
+                raise InfraFault("the grader's held-out pairs are missing")
             path = ctx.data_dir / manifest_entry(ctx, "pref_heldout")
         else:
             path = ctx.inputs["data"] / PAIRS_FILE
         records = _records(path)
-        return encode_pairs(tokenizer, records if rows is None else [records[i] for i in rows])
+        return encode_pairs(tokenizer(ctx), records if rows is None else [records[i] for i in rows])
 
     return ctx.memo(f"pairs:{name}:{rows}", encode)
 
@@ -162,8 +162,6 @@ def logps(ctx: CheckContext, out: Path, which: str, name: str, rows: tuple[int, 
 
 
 def _digest(encoded_pairs: Any) -> str:
-    import hashlib
-
     rows = [[p.prompt, p.chosen, p.rejected] for p in encoded_pairs]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
