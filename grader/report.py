@@ -1,10 +1,12 @@
-"""Report stage: render self-contained HTML pages (inline CSS, no scripts, no network) from results."""
+"""Report stage: render self-contained HTML pages (inline CSS, no network) from results. Only the cohort page
+has a script, inline: it sorts the table."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,11 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup
 
 from grader import __version__
-from grader.constants import COHORT_FILE, REPORT_FILE, REPORTS_DIR
+from grader.cohort import Cohort, Row, Ungraded, assemble
+from grader.constants import COHORT_FILE, REPORT_FILE, REPORTS_DIR, SUBMISSION_DIR
+from grader.integrity import SIMILARITY_THRESHOLD, SimilarPair, Submission, similar_pairs
 from grader.result import Result
+from grader.tasks import discover
 
 _EVIDENCE_CHARS = 600
 
@@ -102,7 +107,8 @@ def _alignment(result: Result) -> dict[str, Any] | None:
             "runs": {r.name: r for r in result.runs}}
 
 
-def _env() -> Environment:
+def templates() -> Environment:
+    """The page templates, with the shared filters and the inline CSS every page carries."""
     env = Environment(
         loader=FileSystemLoader(REPORTS_DIR / "templates"),
         autoescape=select_autoescape(["html", "j2"]),
@@ -125,7 +131,7 @@ def _env() -> Environment:
 def render_report(result: Result, path: Path) -> Path:
     counts = Counter({"pass": 0, "partial": 0, "fail": 0, "error": 0})
     counts.update(c.status for c in result.checks)
-    html = _env().get_template("report.html.j2").render(r=result, counts=counts, search=_search(result),
+    html = templates().get_template("report.html.j2").render(r=result, counts=counts, search=_search(result),
                                                         alignment=_alignment(result))
     path.write_text(html, encoding="utf-8")
     return path
@@ -135,36 +141,104 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "candidate"
 
 
-def render_cohort(results: list[tuple[Result, str]], path: Path) -> Path:
-    """One row per grade, best first; grades with grader errors are listed apart."""
-    rows = sorted(({"r": r, "href": href} for r, href in results), key=lambda row: -(row["r"].score or 0))
-    incomplete = [row for row in rows if row["r"].verdict in ("error", "incomplete")]
-    graded = [row for row in rows if row not in incomplete]
-    html = _env().get_template("cohort.html.j2").render(
-        rows=rows,
-        graded=graded,
-        incomplete=incomplete,
-        errored=len(incomplete),
-        tasks=sorted({row["r"].task.id for row in rows}),
+def _histogram(counts: list[int], width: int = 360, height: int = 120) -> Markup:
+    """Scores in bins of 10 as an inline SVG bar chart (numbers only, so nothing to escape)."""
+    top, bar = max(counts, default=0) or 1, (width - 20) / len(counts)
+    parts = []
+    for i, n in enumerate(counts):
+        h = (height - 36) * n / top
+        x, y = 10 + i * bar, height - 18 - h
+        parts.append(f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" fill="#0969da">'
+                     f"<title>{i * 10}-{i * 10 + 10}: {n}</title></rect>")
+        if n:
+            parts.append(f'<text x="{x + bar / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle">{n}</text>')
+    ticks = "".join(f'<text x="{10 + i * bar:.1f}" y="{height - 4}" text-anchor="middle">{i * 10}</text>'
+                    for i in range(0, len(counts) + 1, 2))
+    label = ", ".join(f"{i * 10}-{i * 10 + 10}: {n}" for i, n in enumerate(counts) if n) or "no scores"
+    return Markup(f'<svg class="histogram" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+                  f'role="img" aria-label="score distribution in bins of 10: {label}">{"".join(parts)}'
+                  f'<line x1="10" y1="{height - 18}" x2="{width - 10}" y2="{height - 18}" stroke="#8c959f"/>'
+                  f"{ticks}</svg>")
+
+
+def _pair_page(pair: SimilarPair) -> str:
+    return f"similar-{pair.left}-{pair.right}.html"
+
+
+def render_cohort(cohort: Cohort, path: Path, pairs: list[SimilarPair] | None = None,
+                  not_compared: str | None = None) -> Path:
+    """The panel's cohort page: a sortable table of every grade with its check matrix, the score
+    distribution, and the integrity flags (similar code, self-reports the grader's numbers contradict);
+    grades with grader errors are listed apart. Its one inline script sorts the table."""
+    rows = {row.key: row for row in cohort.rows}
+    html = templates().get_template("cohort.html.j2").render(
+        c=cohort, histogram=_histogram(cohort.histogram), threshold=SIMILARITY_THRESHOLD, not_compared=not_compared,
+        pairs=[{"pair": p, "href": _pair_page(p), "left": rows[p.left], "right": rows[p.right]}
+               for p in pairs or []],
+        self_reports=[row for row in cohort.rows if row.self_reports],
     )
     path.write_text(html, encoding="utf-8")
     return path
 
 
-def render_all(results: list[Result], out: Path) -> list[Path]:
-    """Re-render stored results: one page each under out/<candidate>/, plus a cohort page when several."""
+def render_similar(pair: SimilarPair, left: Row, right: Row, path: Path) -> Path:
+    """Two submissions' best-matching files side by side, similar passages marked. The code is the
+    candidates' and hostile: it reaches the page only as escaped text."""
+    html = templates().get_template("similar.html.j2").render(p=pair, left=left, right=right,
+                                                         threshold=SIMILARITY_THRESHOLD)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def _similarity(results: list[Result], keys: list[str], folders: Sequence[Path | None] | None,
+                starters: Mapping[str, Path] | None) -> tuple[list[SimilarPair], str | None]:
+    """Flagged pairs of the submissions kept beside their results, and why any grade was not compared."""
+    if folders is None:
+        return [], "the result folders were not given, so no code was compared"
+    if starters is None:
+        starters = {task_id: pack.dir / "starter" for task_id, pack in discover([]).items()}
+    subs, missing = [], []
+    for result, key, folder in zip(results, keys, folders, strict=True):
+        code = folder / SUBMISSION_DIR if folder is not None else None
+        if code is not None and code.is_dir() and result.task.id in starters:
+            subs.append(Submission(key=key, task=result.task.id, folder=code))
+        else:
+            missing.append(key)
+    note = (f"not compared (no {SUBMISSION_DIR}/ kept beside the result, or the task's starter is unknown): "
+            + ", ".join(missing)) if missing else None
+    return similar_pairs(subs, dict(starters)), note
+
+
+def render_all(results: list[Result], out: Path, folders: Sequence[Path | None] | None = None,
+               starters: Mapping[str, Path] | None = None, names: Sequence[str] | None = None,
+               ungraded: Sequence[Ungraded] = (), cohort_page: bool | None = None) -> list[Path]:
+    """Re-render stored results: one page each under out/<candidate>/, plus a cohort page when several.
+
+    ``folders``: each result's folder (the one holding result.json), in the order of ``results``; the code
+    in its submission/ is compared with the other submissions of the same task, beyond the task's starter
+    code (``starters``: task id to starter folder; by default the discovered task packs' starter/).
+    ``names``: each result's page folder under ``out`` (a batch's candidate folders); ``ungraded``: entries
+    with no result, listed on the cohort page; ``cohort_page``: render it even for one result."""
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    links: list[tuple[Result, str]] = []
+    entries: list[tuple[Result, str, str]] = []
     used: Counter[str] = Counter()
-    for result in results:
-        name = slug(f"{result.candidate}-{result.task.id}")
+    for i, result in enumerate(results):
+        name = names[i] if names is not None else slug(f"{result.candidate}-{result.task.id}")
         used[name] += 1
         if used[name] > 1:
             name = f"{name}-{used[name]}"
         (out / name).mkdir(exist_ok=True)
         written.append(render_report(result, out / name / REPORT_FILE))
-        links.append((result, f"{name}/{REPORT_FILE}"))
-    if len(results) > 1:
-        written.append(render_cohort(links, out / COHORT_FILE))
+        entries.append((result, name, f"{name}/{REPORT_FILE}"))
+    if cohort_page if cohort_page is not None else len(results) > 1:
+        pairs, not_compared = _similarity(results, [key for _, key, _ in entries], folders, starters)
+        similar: dict[str, list[str]] = {}
+        for pair in pairs:
+            similar.setdefault(pair.left, []).append(pair.right)
+            similar.setdefault(pair.right, []).append(pair.left)
+        cohort = assemble(entries, similar, list(ungraded))
+        rows = {row.key: row for row in cohort.rows}
+        written.append(render_cohort(cohort, out / COHORT_FILE, pairs, not_compared))
+        written += [render_similar(p, rows[p.left], rows[p.right], out / _pair_page(p)) for p in pairs]
     return written

@@ -78,6 +78,8 @@ class CheckSpec(Strict):
     critical: bool = Field(False, description="Failing it caps the verdict at borderline, whatever the score.")
     timeout_s: float = Field(CHECK_TIMEOUT_S, gt=0, description="Time limit of the check (scaled by --time-scale); "
                              "past it the check errors and the grade is incomplete.")
+    self_report: bool = Field(False, description="The check compares numbers the submission reports about itself "
+                              "with the grader's own: failing it (or partly) is an integrity flag on the cohort page.")
     title: str
 
 

@@ -61,6 +61,8 @@ def heldout_scale(m: AdapterMeasures, artifacts: Artifacts, ctx: CheckContext) -
         "delta": [round(delta, 4), round(lo, 4), round(hi, 4)],
         "normalised": round(normalised, 3),
         "test_tokens": base.n_tokens,
+        "scale": {"metric": "held-out NLL", "base": round(base.mean_nll, 4), "reference": round(ref.mean_nll, 4),
+                  "value": round(cand.mean_nll, 4)},
     }
     message = (f"held-out NLL {b:.3f} [{blo:.3f}, {bhi:.3f}] base → {c:.3f} [{clo:.3f}, {chi:.3f}] adapter "
                f"(reference {ref.mean_nll:.3f}); normalised {normalised:.2f}")
@@ -85,7 +87,9 @@ def learned_cohort_data(m: AdapterMeasures, artifacts: Artifacts, ctx: CheckCont
     normalised = (public - cand.mean_nll) / span
     data = {"adapter_nll": round(cand.mean_nll, 4), "public_adapter_nll": round(public, 4),
             "reference_nll": round(ref, 4), "base_nll": round(base, 4), "normalised": round(normalised, 3),
-            "tokens": cand.n_tokens}
+            "tokens": cand.n_tokens,
+            "scale": {"metric": "signature NLL (0 = adapter trained on the public data)", "base": round(public, 4),
+                      "reference": round(ref, 4), "value": round(cand.mean_nll, 4)}}
     message = (f"NLL of this cohort's sign-off signature ({phrase!r}) on held-out replies: {cand.mean_nll:.3f} nats "
                f"(adapter trained on the public data {public:.3f}, reference trained on these files {ref:.3f}, base "
                f"{base:.3f}); normalised {normalised:.2f}")

@@ -160,7 +160,9 @@ def preference_accuracy(artifacts: Artifacts, ctx: CheckContext) -> Outcome:
     normalised = (acc - 0.5) / span
     data = {"accuracy": [round(acc, 4), round(alo, 4), round(ahi, 4)],
             "margin": [round(margin, 4), round(mlo, 4), round(mhi, 4)], "beta": beta,
-            "reference_accuracy": round(ref.accuracy[0], 4), "pairs": stats.n_pairs, "normalised": round(normalised, 3)}
+            "reference_accuracy": round(ref.accuracy[0], 4), "pairs": stats.n_pairs, "normalised": round(normalised, 3),
+            "scale": {"metric": "held-out preference accuracy (0 = chance)", "base": 0.5,
+                      "reference": round(ref.accuracy[0], 4), "value": round(acc, 4)}}
     message = (f"held-out preference accuracy {acc:.3f} [{alo:.3f}, {ahi:.3f}], mean margin {margin:.3f} "
                f"[{mlo:.3f}, {mhi:.3f}] over {stats.n_pairs} pairs at beta {beta:g} (reference accuracy "
                f"{ref.accuracy[0]:.3f})")
