@@ -33,6 +33,8 @@ class CheckRecord(Strict):
     score: float = Field(ge=0, le=1)
     weight: float = Field(ge=0)
     critical: bool = False
+    self_report: bool = Field(False, description="Copied from the task's check: the check compares the submission's "
+                                                 "self-reported numbers with the grader's.")
     evidence: Evidence
 
 
@@ -83,6 +85,45 @@ class LevelRollup(Strict):
     competencies: list[CompetencyRecord]
 
 
+PANEL_SCALE: dict[int, str] = {0: "not shown", 1: "below", 2: "approaching", 3: "meets", 4: "exceeds"}
+"""The panel's 0-4 ordinal scale; a competency's panel score is the raters' mean over 4, so 3 ("meets") is 0.75."""
+PANEL_MAX = max(PANEL_SCALE)
+
+
+class PanelScore(Strict):
+    """One rater's score of one panel competency, as merged from a scoresheet (`tunegrade panel-merge`)."""
+
+    rater: str = Field(min_length=1)
+    time: str = Field(description="When the sheet was merged (UTC, ISO 8601).")
+    competency: str
+    score: int = Field(ge=0, le=PANEL_MAX, description="0-4 on PANEL_SCALE.")
+    comment: str | None = None
+
+    @property
+    def label(self) -> str:
+        return PANEL_SCALE[self.score]
+
+
+class PanelAgreement(Strict):
+    """How far two or more raters agree: stored with the scores, so the report renders from result.json alone."""
+
+    raters: list[str]
+    alpha: float | None = Field(description="Krippendorff's alpha (ordinal, raters x competencies); None if undefined.")
+    alpha_undefined: str | None = Field(None, description="Why alpha is undefined, e.g. every score the same.")
+    disagreements: list[str] = Field(default_factory=list,
+                                     description="Competencies whose raters' scores differ by more than one point.")
+
+
+class Rescore(Strict):
+    """One offline re-scoring (`tunegrade rescore`): the checks re-run on the stored run artifacts."""
+
+    at: str = Field(description="When (UTC, ISO 8601).")
+    tool_version: str
+    checks_s: float
+    previous_score: float | None
+    previous_verdict: str
+
+
 class Timings(Strict):
     intake_s: float = 0
     inputs_s: float = 0
@@ -122,6 +163,11 @@ class Result(Strict):
                                                            "(a check or run errored) or nothing was assessed.")
     verdict: Verdict
     errors: list[str] = Field(default_factory=list, description="Grader or infrastructure faults, never the candidate's.")
+    panel: list[PanelScore] = Field(default_factory=list, description="Panel raters' scores of the level's panel "
+                                                                        "competencies, one per rater and competency.")
+    panel_agreement: PanelAgreement | None = Field(None, description="Set once two or more raters have scored.")
+    rescores: list[Rescore] = Field(default_factory=list, description="Re-scorings since the grade, oldest first; "
+                                                                      "timings and environment stay the run's.")
 
     @property
     def error_checks(self) -> list[CheckRecord]:
