@@ -10,18 +10,28 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from grader.constants import DEFAULT_BACKEND, DEFAULT_BASE_MODEL, DEFAULT_SEED, REPORT_FILE, RESULT_FILE, TASK_MARKER, TASKS_ENV
+from grader.constants import (DEFAULT_BACKEND, DEFAULT_BASE_MODEL, DEFAULT_SEED, REPORT_FILE, RESULT_FILE, RUBRICS_DIR,
+                              TASK_MARKER, TASKS_ENV)
 from grader.errors import BadInput, GraderFault, TunegradeError
 from grader.export import export_task
+from grader.panel import load_sheet, merge_sheets, rubric_for, sheet_text
+from grader.pdf import html_to_pdf
 from grader.pipeline import GradeRequest, grade
+from grader.progress import Progress
+from grader.progress import for_console as progress_for
 from grader.report import render_all, render_report, slug
-from grader.result import Result, load_result
+from grader.result import Result, load_result, save_result
+from grader.review import build_review, check_results, write_review
+from grader.rubric import load_rubrics
 from grader.solutions import list_solutions, materialise, refuse_patch_folder
 from grader.tasks import discover, get_task
 
@@ -111,8 +121,19 @@ _memory_scale = click.option("--memory-scale", default=1.0, show_default=True, t
 _allow_reduced = click.option("--allow-reduced-isolation", is_flag=True,
                               help="Run the submission even where the sandbox cannot isolate it (no bubblewrap, "
                                    "--backend process): only for code you trust.")
+_quiet = click.option("--quiet", "-q", is_flag=True, help="Show no progress while grading (the outcome still prints).")
 _device = click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
                        help="Where the grader's own evaluation runs.")
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Progress]:
+    """The grade's progress on stderr: live on a terminal, timestamped lines elsewhere."""
+    progress = progress_for(err, quiet)
+    try:
+        yield progress
+    finally:
+        progress.close()
 
 
 def _backend_options(gpus: str | None, image: str | None) -> dict[str, str]:
@@ -133,17 +154,20 @@ def _backend_options(gpus: str | None, image: str | None) -> dict[str, str]:
 @_time_scale
 @_memory_scale
 @_allow_reduced
+@_quiet
 def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend: str, gpus: str | None,
               image: str | None, seed: int, base_model: str, device: str, time_scale: float,
-              memory_scale: float, allow_reduced_isolation: bool) -> None:
+              memory_scale: float, allow_reduced_isolation: bool, quiet: bool) -> None:
     """Self-check: run the visible checks on the public data (exit 3 if one does not pass)."""
     pack = get_task(_task_for(submission, task), _tasks_dirs())
     refuse_patch_folder(submission, pack.id)
     target = out_dir or Path("graded") / slug(f"self-check-{submission.resolve().name}")
-    result = grade(GradeRequest(pack=pack, source=submission, out=target, backend=backend,
-                                backend_options=_backend_options(gpus, image), seed=seed, public=True,
-                                base_model=base_model, device=device, time_scale=time_scale,
-                                memory_scale=memory_scale, allow_reduced_isolation=allow_reduced_isolation))
+    with _progress(quiet) as progress:
+        result = grade(GradeRequest(pack=pack, source=submission, out=target, backend=backend,
+                                    backend_options=_backend_options(gpus, image), seed=seed, public=True,
+                                    base_model=base_model, device=device, time_scale=time_scale,
+                                    memory_scale=memory_scale, allow_reduced_isolation=allow_reduced_isolation,
+                                    progress=progress))
     render_report(result, target / REPORT_FILE)
     err.print(_check_table(result))
     err.print(_summary(result))
@@ -169,24 +193,24 @@ def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend:
 @_time_scale
 @_memory_scale
 @_allow_reduced
+@_quiet
 @click.option("--json", "as_json", is_flag=True, help="Print result.json to stdout.")
 def grade_cmd(submission: Path, task: str, out_dir: Path | None, candidate: str | None, backend: str,
               gpus: str | None, image: str | None, seed: int, ref: str | None, hidden_seed: str | None,
               role: str | None, base_model: str, device: str, time_scale: float, memory_scale: float,
-              allow_reduced_isolation: bool, as_json: bool) -> None:
+              allow_reduced_isolation: bool, quiet: bool, as_json: bool) -> None:
     """Grade SUBMISSION (folder, .tar.gz/.tgz/.zip, or git repo) on hidden inputs."""
     pack = get_task(task, _tasks_dirs())
     refuse_patch_folder(submission, pack.id)
     name = candidate or (submission.name.split(".")[0] if submission.is_file() else submission.resolve().name)
     target = out_dir or Path("graded") / slug(name)
-    result = grade(
-        GradeRequest(
+    with _progress(quiet) as progress:
+        result = grade(GradeRequest(
             pack=pack, source=submission, out=target, candidate=candidate, backend=backend,
             backend_options=_backend_options(gpus, image), seed=seed, ref=ref, hidden_seed=hidden_seed, role=role,
             base_model=base_model, device=device, time_scale=time_scale, memory_scale=memory_scale,
-            allow_reduced_isolation=allow_reduced_isolation,
-        )
-    )
+            allow_reduced_isolation=allow_reduced_isolation, progress=progress,
+        ))
     report = render_report(result, target / REPORT_FILE)
     err.print(_check_table(result))
     err.print(_summary(result))
@@ -218,11 +242,163 @@ def solutions_cmd(task: str, name: str | None, dest: Path | None) -> None:
 @app.command("report")
 @click.argument("results", nargs=-1, required=True, type=PathArg)
 @click.option("--out", "out_dir", required=True, type=PathArg, help="Folder for the rendered pages.")
-def report_cmd(results: tuple[Path, ...], out_dir: Path) -> None:
+@click.option("--pdf", is_flag=True, help="Also print each page to a .pdf beside it (needs Chromium).")
+def report_cmd(results: tuple[Path, ...], out_dir: Path, pdf: bool) -> None:
     """Re-render reports (and a cohort page for several) from stored result.json files or folders."""
     loaded = [load_result(p / RESULT_FILE if p.is_dir() else p) for p in results]
-    for path in render_all(loaded, out_dir):
+    folders = [p if p.is_dir() else p.parent for p in results]  # their submission/ is compared for similar code
+    for path in render_all(loaded, out_dir, folders=folders):
         _stdout().print(str(path))
+        if pdf:
+            _stdout().print(str(html_to_pdf(path, path.with_suffix(".pdf"))))
+
+
+def _result_file(path: Path) -> Path:
+    return path / RESULT_FILE if path.is_dir() else path
+
+
+@app.command("panel-sheet")
+@click.argument("result_path", metavar="RESULT.json", type=PathArg)
+@click.option("--rater", help="The rater's name, written into the sheet.")
+@click.option("--out", "out", type=PathArg, help="Write the sheet here (default: stdout).")
+def panel_sheet_cmd(result_path: Path, rater: str | None, out: Path | None) -> None:
+    """Write a YAML scoresheet for the panel competencies of a grade's level."""
+    text = sheet_text(load_result(_result_file(result_path)), rater)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.write_text(text, encoding="utf-8")
+    err.print(f"wrote {out}")
+
+
+@app.command("panel-merge")
+@click.argument("result_path", metavar="RESULT.json", type=PathArg)
+@click.argument("sheets", nargs=-1, required=True, metavar="SHEET.yaml...", type=PathArg)
+def panel_merge_cmd(result_path: Path, sheets: tuple[Path, ...]) -> None:
+    """Merge filled-in scoresheets into RESULT.json, re-score its level and re-render its report."""
+    path = _result_file(result_path)
+    result = load_result(path)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    merged = merge_sheets(result, rubric_for(result), [(s, load_sheet(s)) for s in sheets], now)
+    save_result(merged, path)
+    report = render_report(merged, path.parent / REPORT_FILE)
+    for c in merged.rollup.competencies:
+        if c.kind == "panel":
+            err.print(f"{c.id}: {c.status}" + (f" {c.score:.2f}" if c.score is not None else ""), markup=False)
+    agree = merged.panel_agreement
+    if agree is not None:
+        alpha = f"{agree.alpha:.3f}" if agree.alpha is not None else f"undefined ({agree.alpha_undefined})"
+        err.print(f"Krippendorff's alpha over {len(agree.raters)} raters: {alpha}", markup=False)
+        if agree.disagreements:
+            err.print(f"raters disagree by more than one point on: {', '.join(agree.disagreements)}", markup=False)
+    _stdout().print(str(report))
+
+
+@app.command("review")
+@click.argument("results", nargs=-1, required=True, type=PathArg)
+@click.option("--person", required=True, help="Whose results these are (a result's candidate name).")
+@click.option("--role", required=True, help="The role whose five-level ladder to place the person on.")
+@click.option("--out", "out_dir", type=PathArg, help="Folder for review.html and the reports (default ./review-<person>).")
+def review_cmd(results: tuple[Path, ...], person: str, role: str, out_dir: Path | None) -> None:
+    """Place a person's results across tasks on ROLE's ladder, junior to principal, in one page."""
+    rubrics = load_rubrics(RUBRICS_DIR)
+    if role not in rubrics:
+        raise BadInput(f"--role: no rubric for {role!r} (roles: {', '.join(sorted(rubrics))})")
+    loaded = [(p, load_result(_result_file(p))) for p in results]
+    for warning in check_results(loaded, person, role):
+        err.print(f"tunegrade: warning: {warning}", markup=False)
+    task_levels = [pack.spec.level for pack in discover(_tasks_dirs()).values() if role in pack.spec.roles]
+    review = build_review(person, rubrics[role], [r for _, r in loaded], task_levels)
+    for warning in review.warnings:
+        err.print(f"tunegrade: warning: {warning}", markup=False)
+    _stdout().print(str(write_review(review, out_dir or Path(slug(f"review-{person}")))))
+
+
+@app.command("batch")
+@click.argument("folder", type=PathArg)
+@click.option("--task", help="Task id of every submission (default: each exported repo's own marker).")
+@click.option("--out", "out_dir", type=PathArg, help="Batch folder: results, reports, batch.sqlite, index.html "
+                                                      "(default ./graded/<FOLDER's name>).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Grades at a time (default: as many as the tasks' "
+                                                                 "CPUs and GPUs allow on this host).")
+@click.option("--regrade", is_flag=True, help="Grade again what this batch folder already recorded as graded.")
+@_backend
+@_gpus
+@_image
+@_seed
+@click.option("--hidden-seed", envvar="TUNEGRADE_HIDDEN_SEED", help="Secret seed of this cohort's hidden inputs.")
+@click.option("--role", help="Rubric role (default: each task's first role).")
+@_base_model
+@_device
+@_time_scale
+@_memory_scale
+@_allow_reduced
+@_quiet
+def batch_cmd(folder: Path, task: str | None, out_dir: Path | None, jobs: int | None, regrade: bool, backend: str,
+              gpus: str | None, image: str | None, seed: int, hidden_seed: str | None, role: str | None,
+              base_model: str, device: str, time_scale: float, memory_scale: float, allow_reduced_isolation: bool,
+              quiet: bool) -> None:
+    """Grade every submission in FOLDER (one sub-folder, git repository or archive per candidate), resumably."""
+    from grader.batch import BatchRequest, render_batch_pages, run_batch
+    from grader.batch_display import for_console
+
+    out = out_dir or Path("graded") / slug(folder.resolve().name)
+    options = dict(backend=backend, backend_options=_backend_options(gpus, image), seed=seed, hidden_seed=hidden_seed,
+                   role=role, base_model=base_model, device=device, time_scale=time_scale, memory_scale=memory_scale,
+                   allow_reduced_isolation=allow_reduced_isolation)
+    summary = run_batch(BatchRequest(folder=folder, out=out, task=task, jobs=jobs, regrade=regrade,
+                                     tasks_dirs=_tasks_dirs(), options=options), for_console(err, quiet))
+    index = render_batch_pages(out, summary.rows)
+    counts = ", ".join(f"{summary.count(s)} {s}" for s in ("graded", "bad-input", "error") if summary.count(s))
+    err.print(f"batch {out}: {len(summary.rows)} submissions ({counts}); {len(summary.graded_now)} graded now, "
+              f"{len(summary.skipped)} already graded", markup=False)
+    _stdout().print(str(index))
+    if summary.count("error") or summary.count("running"):
+        raise click.exceptions.Exit(GraderFault.exit_code)
+
+
+@app.command("rescore")
+@click.argument("folders", nargs=-1, required=True, type=PathArg)
+@click.option("--hidden-seed", envvar="TUNEGRADE_HIDDEN_SEED", help="The cohort's hidden seed, as it was graded with.")
+@click.option("--base-model", help="Base model, when it was a local folder (default: the profile it was graded on).")
+@_backend
+@_gpus
+@_image
+@_device
+@_allow_reduced
+def rescore_cmd(folders: tuple[Path, ...], hidden_seed: str | None, base_model: str | None, backend: str,
+                gpus: str | None, image: str | None, device: str, allow_reduced_isolation: bool) -> None:
+    """Re-run the checks on result folders' stored artifacts (no candidate code runs) and re-render; a batch
+    folder re-scores every grade it recorded and its cohort page."""
+    from grader.batch import render_batch_pages
+    from grader.batch_store import DB_FILE, BatchStore
+    from grader.rescore import RescoreRequest, rescore
+
+    def one(folder: Path) -> Result:
+        before = load_result(folder / RESULT_FILE)
+        result = rescore(RescoreRequest(folder=folder, hidden_seed=hidden_seed, base_model=base_model, backend=backend,
+                                        backend_options=_backend_options(gpus, image), device=device,
+                                        allow_reduced_isolation=allow_reduced_isolation, tasks_dirs=_tasks_dirs()))
+        report = render_report(result, folder / REPORT_FILE)
+        changed = [c.id for c, o in zip(result.checks, before.checks) if (c.status, c.score) != (o.status, o.score)]
+        err.print(f"{result.candidate}: {before.verdict} {before.score} -> {result.verdict} {result.score}"
+                  + (f" (changed: {', '.join(changed)})" if changed else " (no check changed)"), markup=False)
+        _stdout().print(str(report))
+        return result
+
+    for folder in folders:
+        if not (folder / DB_FILE).is_file():
+            one(folder)
+            continue
+        store = BatchStore(folder)  # refused while a batch runs in it
+        try:
+            for row in store.rows().values():
+                if row.result:
+                    result = one(folder / row.result)
+                    store.rescored(row.candidate, result.verdict, result.score)
+            _stdout().print(str(render_batch_pages(folder, store.rows())))
+        finally:
+            store.close()
 
 
 @app.group("sandbox")

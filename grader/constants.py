@@ -18,6 +18,9 @@ RESULT_FILE = "result.json"
 REPORT_FILE = "report.html"
 COHORT_FILE = "index.html"
 SCRATCH_DIR = ".scratch"
+SUBMISSION_DIR = "submission"  # the submitted files as graded, kept with the result
+OUTPUT_MARKER = ".tunegrade-output"  # in every result folder: intake leaves such folders out of a submission
+EXEC_FILE = "exec.json"  # per run: the sandbox's full outcome, what `rescore` re-reads
 RUNS_DIR = "runs"
 
 DEFAULT_SEED = 1234

@@ -10,6 +10,7 @@ import traceback
 from collections.abc import Callable
 
 from grader.checks.base import Artifacts, CandidateFault, CheckContext, CheckFn, InfraFault, Outcome
+from grader.progress import Progress
 from grader.result import CheckRecord, Evidence
 from grader.tasks import TaskPack
 
@@ -79,7 +80,7 @@ def _outcome(fn: CheckFn, artifacts: Artifacts, ctx: CheckContext, seconds: floa
 
 
 def run_checks(pack: TaskPack, artifacts: Artifacts, ctx: CheckContext, visible_only: bool = False,
-               time_scale: float = 1.0) -> list[CheckRecord]:
+               time_scale: float = 1.0, progress: Progress | None = None) -> list[CheckRecord]:
     records = []
     for spec in pack.spec.checks:
         if visible_only and not spec.visible:
@@ -93,7 +94,10 @@ def run_checks(pack: TaskPack, artifacts: Artifacts, ctx: CheckContext, visible_
                 score=outcome.score,
                 weight=spec.weight,
                 critical=spec.critical,
+                self_report=spec.self_report,
                 evidence=Evidence(message=outcome.message, data=outcome.data),
             )
         )
+        if progress is not None:
+            progress.check_done(spec.id, outcome.status, outcome.message)
     return records

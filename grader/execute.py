@@ -17,6 +17,7 @@ from typing import Any
 from grader.checks.base import RunArtifacts
 from grader.constants import MAX_ARTIFACT_BYTES, SANDBOX_IN, SANDBOX_OUT, SANDBOX_WORK
 from grader.intake import copy_tree
+from grader.progress import Progress
 from grader.tasks import TaskPack
 from grader.telemetry import TELEMETRY_FILENAME, telemetry_env, telemetry_mounts, write_site
 from sandbox import Mount, RunSpec, Sandbox, SandboxUnavailable
@@ -80,8 +81,10 @@ def execute_runs(
     runs_dir: Path,
     scratch: Path,
     only: list[str] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, RunArtifacts]:
     """Run every variant (or those in ``only``); a sandbox failure is recorded on the run, never blamed on the candidate."""
+    progress = progress or Progress()
     in_mounts = {name: Mount(source=path, target=f"{SANDBOX_IN}/{name}") for name, path in inputs.items()}
     results: dict[str, RunArtifacts] = {}
     for variant in pack.spec.runs:
@@ -115,15 +118,18 @@ def execute_runs(
             limits=pack.spec.limits,
             log_dir=log_dir,
         )
+        progress.run_started(variant.name, pack.spec.limits.wall_time_s, log_dir)
         try:
             result = sandbox.run(spec)
         except SandboxUnavailable as exc:
+            progress.run_finished(variant.name, None, log_dir)
             results[variant.name] = RunArtifacts(variant.name, argv, out_dir, None, infra_error=str(exc))
             continue
         finally:
             shutil.rmtree(work, ignore_errors=True)
             if pack.spec.telemetry:
                 shutil.rmtree(site.source, ignore_errors=True)
+        progress.run_finished(variant.name, result, log_dir)
         notes = result.notes + vet_artifacts(out_dir)
         results[variant.name] = RunArtifacts(variant.name, argv, out_dir, result, notes=notes, telemetry_path=telemetry_file)
     return results

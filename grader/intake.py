@@ -24,6 +24,7 @@ from grader.constants import (
     MAX_SUBMISSION_BYTES,
     MAX_SUBMISSION_FILE_BYTES,
     MAX_SUBMISSION_FILES,
+    OUTPUT_MARKER,
 )
 from grader.errors import BadInput
 
@@ -134,8 +135,8 @@ def _extract_zip(path: Path, dest: Path, label: str) -> None:
 def _copy_dir(src: Path, dest: Path, label: str) -> None:
     budget = _Budget(label)
     for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS)
         here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not _is_output(here / d))
         for d in dirnames:
             if (here / d).is_symlink():
                 raise BadInput(f"{label}: links are not accepted ({(here / d).relative_to(src)})")
@@ -152,6 +153,18 @@ def _copy_dir(src: Path, dest: Path, label: str) -> None:
             with path.open("rb") as fh:
                 budget.copy(fh, dest / rel, str(rel))
             _set_mode(dest / rel, bool(st.st_mode & 0o111))
+
+
+def _is_output(folder: Path) -> bool:
+    """A result folder of tunegrade's own (a self-check's ``graded/``): never part of the work."""
+    return not folder.is_symlink() and (folder / OUTPUT_MARKER).is_file()
+
+
+def _drop_outputs(root: Path) -> None:
+    """Archives and git trees may carry a result folder too; remove it after extraction."""
+    for marker in sorted(root.rglob(OUTPUT_MARKER), key=lambda p: len(p.parts)):
+        if marker.parent != root and marker.parent.exists():
+            shutil.rmtree(marker.parent)
 
 
 def _set_mode(path: Path, executable: bool) -> None:
@@ -222,6 +235,7 @@ def intake(source: Path, dest: Path, ref: str | None = None) -> Submission:
         name = next(source.name[: -len(s)] for s in ARCHIVE_SUFFIXES if source.name.endswith(s))
     else:
         raise BadInput(f"{label}: not a folder, git repository or .tar.gz/.tgz/.tar/.zip archive")
+    _drop_outputs(dest)
     root = _unwrap_single_folder(dest)
     if not any(root.iterdir()):
         raise BadInput(f"{label}: the submission is empty")

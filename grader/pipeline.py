@@ -6,22 +6,27 @@ Each stage lives in its own module; this one only chains them and keeps the timi
 from __future__ import annotations
 
 import shutil
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from grader import __version__
 from grader.checks.base import Artifacts, CheckContext, RunArtifacts
-from grader.constants import DEFAULT_BASE_MODEL, RESULT_FILE, RUBRICS_DIR, RUNS_DIR, SCRATCH_DIR
+from grader.constants import (DEFAULT_BASE_MODEL, EXEC_FILE, OUTPUT_MARKER, RESULT_FILE, RUBRICS_DIR, RUNS_DIR,
+                              SCRATCH_DIR, SUBMISSION_DIR)
 from grader.environment import environment
 from grader.errors import BadInput, GraderFault
 from grader.evaluate import run_checks
 from grader.execute import execute_runs, run_params
 from grader.inputs import Inputs, prepare_inputs
 from grader.intake import Submission, intake
+from grader.progress import Progress
 from grader.reference import grade_references
-from grader.result import Ref, Result, RunRecord, Timings, save_result
+from grader.result import CheckRecord, PanelScore, Ref, Result, RunRecord, Timings, save_result
+from grader.rubric import Rubric
 from grader.rubric import load_rubrics
 from grader.scoring import grade_score, rollup, verdict, weighted_score
 from grader.tasks import TaskPack
@@ -53,6 +58,7 @@ class GradeRequest:
     memory_scale: float = 1.0
     allow_reduced_isolation: bool = False
     """Run candidate code even where the sandbox cannot isolate it (the operator's explicit choice)."""
+    progress: Progress = field(default_factory=Progress)
 
 
 def resolve_device(device: str) -> str:
@@ -71,9 +77,22 @@ def _prepare_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / RESULT_FILE).exists():
         raise BadInput(f"output folder {out} is not empty and holds no {RESULT_FILE}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    (out / OUTPUT_MARKER).write_text("A tunegrade result folder: intake leaves it out of any submission.\n",
+                                     encoding="utf-8")
 
 
-def _open_sandbox(name: str, options: dict[str, str]) -> Sandbox:
+_REFERENCE_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _reference_lock(key: str) -> threading.Lock:
+    """Grades of one cohort running side by side (a batch) compute its reference runs once: the
+    second waits for the first and finds them cached."""
+    with _LOCKS_GUARD:
+        return _REFERENCE_LOCKS.setdefault(key, threading.Lock())
+
+
+def open_sandbox(name: str, options: dict[str, str]) -> Sandbox:
     try:
         return get_backend(name, **options)
     except KeyError:
@@ -114,6 +133,42 @@ def _run_record(run: RunArtifacts, out: Path) -> RunRecord:
     )
 
 
+def check_context(pack: TaskPack, prepared: Inputs, seed: int, device: str) -> CheckContext:
+    return CheckContext(
+        task_dir=pack.dir,
+        inputs=prepared.mounts,
+        params=run_params(pack, pack.spec.main_run, seed),
+        seed=seed,
+        manifest=prepared.manifest,
+        data_dir=prepared.grader_dir,
+        spec=pack.spec,
+        device=resolve_device(device) if prepared.base else "cpu",
+    )
+
+
+def save_exec_results(runs: dict[str, RunArtifacts]) -> None:
+    """Each run's full sandbox outcome next to its logs: what `rescore` grades again from."""
+    for run in runs.values():
+        if run.result is not None:
+            (run.out_dir.parent / EXEC_FILE).write_text(run.result.model_dump_json(indent=2), encoding="utf-8")
+
+
+def verdict_fields(pack: TaskPack, rubric: Rubric, runs: list[RunRecord], checks: list[CheckRecord],
+                   panel: Sequence[PanelScore] = ()) -> dict:
+    """What the checks (and a panel's merged scores) decide in a result: roll-up, score, verdict and
+    the grader's own errors."""
+    infra_errors = [f"run {r.name}: {r.infra_error}" for r in runs if r.infra_error]
+    score = weighted_score(checks)
+    verdict_ = verdict(score, checks, infra_errors)
+    return {
+        "checks": checks,
+        "rollup": rollup(rubric, pack.spec.level, pack.id, checks, panel),
+        "score": grade_score(score, verdict_),
+        "verdict": verdict_,
+        "errors": infra_errors + [f"check {c.id}: {c.evidence.message}" for c in checks if c.status == "error"],
+    }
+
+
 def grade(req: GradeRequest) -> Result:
     """Grade one submission and write ``req.out/result.json``; the caller renders the report."""
     t0 = time.perf_counter()
@@ -123,48 +178,50 @@ def grade(req: GradeRequest) -> Result:
         raise BadInput(f"task {pack.id} is not graded for role {role!r} (roles: {', '.join(pack.spec.roles)})")
     rubric = load_rubrics(RUBRICS_DIR)[role]
     pack.checks  # noqa: B018 - loaded before any candidate code runs: a run cannot change what grades it
-    sandbox = _open_sandbox(req.backend, req.backend_options)
+    sandbox = open_sandbox(req.backend, req.backend_options)
     require_isolation(sandbox, req.allow_reduced_isolation)
     out = req.out.resolve()  # the sandbox binds absolute paths whatever the caller's cwd
     _prepare_out(out)
     scratch = out / SCRATCH_DIR
     shutil.rmtree(scratch, ignore_errors=True)
     prepared: Inputs | None = None
+    progress = req.progress
     try:
         submission: Submission = intake(req.source, scratch / "submission", req.ref)
         t_intake = time.perf_counter()
-
+        # Reported once done: a submission refused at intake gets its one-line error and nothing else.
+        progress.stage(f"intake: {submission.source}, sha256 {submission.sha256[:12]}")
+        progress.stage("inputs: " + ("public data" if req.public else "hidden inputs"))
         prepared = prepare_inputs(pack, scratch / "inputs", public=req.public, hidden_seed=req.hidden_seed,
                                   base_model=req.base_model)
         inputs, base = prepared.mounts, prepared.base
-        references, public_reference = grade_references(pack, prepared, sandbox, req.seed, req.public,
-                                                         req.base_model, scratch / "public-inputs")
+        if pack.spec.reference is not None:
+            progress.stage("reference runs (cached per cohort)")
+        with _reference_lock(f"{pack.id}:{prepared.variant}:{req.base_model}"):
+            references, public_reference = grade_references(pack, prepared, sandbox, req.seed, req.public,
+                                                             req.base_model, scratch / "public-inputs")
         t_inputs = time.perf_counter()
 
-        runs = execute_runs(pack, submission.root, inputs, sandbox, req.seed, out / RUNS_DIR, scratch)
+        runs = execute_runs(pack, submission.root, inputs, sandbox, req.seed, out / RUNS_DIR, scratch,
+                            progress=progress)
+        save_exec_results(runs)
+        kept = out / SUBMISSION_DIR
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(submission.root, kept, symlinks=True)
         t_runs = time.perf_counter()
+        progress.stage("checks")
 
-        ctx = CheckContext(
-            task_dir=pack.dir,
-            inputs=inputs,
-            params=run_params(pack, pack.spec.main_run, req.seed),
-            seed=req.seed,
-            manifest=prepared.manifest,
-            data_dir=prepared.grader_dir,
-            spec=pack.spec,
-            device=resolve_device(req.device) if base else "cpu",
-        )
+        ctx = check_context(pack, prepared, req.seed, req.device)
         artifacts = Artifacts(runs=runs, references=references, public_reference=public_reference)
-        checks = run_checks(pack, artifacts, ctx, visible_only=req.public, time_scale=req.time_scale)
+        checks = run_checks(pack, artifacts, ctx, visible_only=req.public, time_scale=req.time_scale,
+                            progress=progress)
         t_checks = time.perf_counter()
     finally:
         if prepared is not None:
             prepared.remove()
         shutil.rmtree(scratch, ignore_errors=True)
 
-    infra_errors = [f"run {r.name}: {r.infra_error}" for r in runs.values() if r.infra_error]
-    score = weighted_score(checks)
-    verdict_ = verdict(score, checks, infra_errors)
+    records = [_run_record(r, out) for r in runs.values()]
     rss = [r.result.max_rss_mb for r in runs.values() if r.result and r.result.max_rss_mb is not None]
     result = Result(
         tool_version=__version__,
@@ -197,13 +254,9 @@ def grade(req: GradeRequest) -> Result:
             "run_seconds": round(sum(r.result.duration_s for r in runs.values() if r.result), 3),
             "run_cpu_seconds": round(sum(r.result.cpu_s or 0 for r in runs.values() if r.result), 3),
         },
-        runs=[_run_record(r, out) for r in runs.values()],
+        runs=records,
         telemetry={r.name: read_telemetry(r.telemetry_path) for r in runs.values() if r.telemetry_path},
-        checks=checks,
-        rollup=rollup(rubric, pack.spec.level, pack.id, checks),
-        score=grade_score(score, verdict_),
-        verdict=verdict_,
-        errors=infra_errors + [f"check {c.id}: {c.evidence.message}" for c in checks if c.status == "error"],
+        **verdict_fields(pack, rubric, records, checks),
     )
     save_result(result, out / RESULT_FILE)
     return result

@@ -43,7 +43,7 @@ class CappedSink:
         self.kept = 0
         self.dropped = 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        self._file = os.fdopen(fd, "wb")
+        self._file = os.fdopen(fd, "wb", buffering=0)  # unbuffered: progress shows the run's latest line
 
     def write(self, data: bytes) -> None:
         room = self.cap - self.kept

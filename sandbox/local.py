@@ -117,11 +117,16 @@ def _check_targets(spec: RunSpec) -> None:
                 raise ValueError(f"mount target {m.target!r} overlaps {r!r}, which the sandbox provides itself")
 
 
+def gpu_device_nodes() -> list[Path]:
+    """The host's NVIDIA GPUs, as /dev/nvidiaN nodes in index order."""
+    return sorted((p for p in Path("/dev").glob("nvidia*") if re.fullmatch(r"nvidia\d+", p.name)),
+                  key=lambda p: int(p.name[6:]))
+
+
 def _gpu_nodes(n: int) -> list[str]:
     if n == 0:
         return []
-    nodes = sorted((p for p in Path("/dev").glob("nvidia*") if re.fullmatch(r"nvidia\d+", p.name)),
-                   key=lambda p: int(p.name[6:]))
+    nodes = gpu_device_nodes()
     if len(nodes) < n:
         raise SandboxUnavailable(f"{n} GPU(s) requested, {len(nodes)} NVIDIA device node(s) on this host")
     return [str(p) for p in nodes[:n]] + [p for p in GPU_SHARED_NODES if os.path.exists(p)]

@@ -2,8 +2,10 @@
 
 Each `solutions/good*` scores at least 90 with every check passing; each `solutions/flawed-*`
 (a patch against good/, materialised by grader/solutions.py) fails the check its FLAW.md names
-(first line `check: <id>`) and is never rated "strong"; the starter does not pass. Grades run
-through the real pipeline and the default (local) sandbox.
+(first line `check: <id>`) and is never rated "strong"; the starter does not pass. Each cohort grades
+in one `tunegrade batch` (the real pipeline, the default local sandbox); the default cohort's batch is
+killed with SIGKILL after its first grades and resumed, and its cohort page must flag a planted
+near-copy; a promotion review and a two-rater panel are built on its results.
 
 One cohort is not all cohorts: the good solutions, and a sample of the flawed ones, are also
 graded on other hidden seeds (OTHER_COHORTS), so a check that fails honest work on some cohorts
@@ -13,13 +15,22 @@ is found here.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
-from grader.pipeline import GradeRequest, grade
-from grader.result import Result
+from grader.batch_store import GradeRow, read_rows
+from grader.cli import main
+from grader.constants import COHORT_FILE, REPORT_FILE, RESULT_FILE, TASK_MARKER
+from grader.result import Result, load_result
 from grader.solutions import list_solutions, materialise
 from grader.tasks import TaskPack, discover
 
@@ -43,40 +54,131 @@ def case_id(case: tuple[str, str, str]) -> str:
     return f"{task}/{name}" + ("" if cohort == DEFAULT else f"@{cohort}")
 
 
-def _source(pack: TaskPack, name: str, scratch: Path) -> Path:
-    """The folder to grade: the starter, or the solution written out in full under ``scratch``."""
-    return pack.dir / "starter" if name == "starter" else materialise(pack, name, scratch / pack.id / name)
-
-
 def flaw_check(pack: TaskPack, name: str) -> str:
     first = (pack.dir / "solutions" / name / "FLAW.md").read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("check: "), f"{name}/FLAW.md must start with 'check: <id>'"
     return first.removeprefix("check: ").strip()
 
 
+def entry_name(task: str, name: str) -> str:
+    return f"{task}--{name}"
+
+
+@dataclass
+class Cohort:
+    """One cohort's batch: its submissions folder, its batch folder, and (the default cohort) what a
+    SIGKILL mid-batch left recorded."""
+
+    subs: Path
+    out: Path
+    before_kill: dict[str, GradeRow] = field(default_factory=dict)
+
+
+def _submissions(cases: list[tuple[str, str, str]], subs: Path) -> None:
+    """Each case written out in full as one candidate's folder, with the task marker an exported repo has."""
+    for task, name, _ in cases:
+        pack = PACKS[task]
+        dest = subs / entry_name(task, name)
+        if name == "starter":
+            shutil.copytree(pack.dir / "starter", dest)
+        else:
+            materialise(pack, name, dest)
+        (dest / TASK_MARKER).write_text(f"{task}\n", encoding="utf-8")
+
+
+def _batch_argv(cohort: str, subs: Path, out: Path) -> list[str]:
+    argv = [sys.executable, "-c", "from grader.cli import entry; entry()", "batch", str(subs), "--out", str(out)]
+    return argv + ([] if cohort == DEFAULT else ["--hidden-seed", cohort])
+
+
+def _kill_after(argv: list[str], out: Path, log: Path, graded: int) -> dict[str, GradeRow]:
+    """Start the batch, SIGKILL its whole process group once ``graded`` grades are recorded and another
+    is in flight, and return what the database held at that moment."""
+    with log.open("w") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=out.parent)
+    try:
+        while proc.poll() is None:
+            rows = read_rows(out)
+            if sum(r.status == "graded" for r in rows.values()) >= graded and \
+                    any(r.status == "running" for r in rows.values()):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, f"the batch ended before it could be killed:\n{log.read_text()[-3000:]}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return read_rows(out)
+
+
 @pytest.fixture(scope="session")
-def graded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, str], Result]:
-    """The selected cases graded (`-k data-prep` grades no lora-sft solution)."""
+def cohorts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Cohort]:
+    """The selected cases (`-k data-prep` grades no lora-sft solution) graded as one `tunegrade batch` per
+    cohort. The default cohort's batch is SIGKILLed after its first grades and started again: the corpus
+    itself is the kill-and-resume test."""
     root = tmp_path_factory.mktemp("corpus")
     selected = {item.callspec.params.get("case") for item in request.session.items if hasattr(item, "callspec")}
+    cohorts: dict[str, Cohort] = {}
+    for cohort in dict.fromkeys(c[2] for c in CASES if c in selected):
+        cases = [c for c in CASES if c in selected and c[2] == cohort]
+        state = Cohort(subs=root / cohort / "subs", out=root / cohort / "graded")
+        _submissions(cases, state.subs)
+        if cohort == DEFAULT:
+            _near_copy(state.subs)
+        argv = _batch_argv(cohort, state.subs, state.out)
+        state.out.mkdir(parents=True)
+        if cohort == DEFAULT and len(cases) > 4:
+            state.before_kill = _kill_after(argv, state.out, root / "killed.log", graded=2)
+        log = root / f"{cohort}.log"
+        with log.open("w") as fh:
+            done = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=state.out.parent, check=False)
+        assert done.returncode in (0, 1), log.read_text()[-3000:]
+        cohorts[cohort] = state
+    return cohorts
 
-    def one(case: tuple[str, str, str]) -> Result:
-        task, name, cohort = case
-        pack = PACKS[task]
-        source = _source(pack, name, root / "src" / cohort)
-        return grade(GradeRequest(pack=pack, source=source, out=root / cohort / task / name, candidate=name,
-                                  hidden_seed=None if cohort == DEFAULT else cohort))
 
-    # Tasks with a time budget are graded one at a time: a good solution must not blow its
-    # budget because another grade shares the CPUs. The others run side by side, in threads,
-    # and transformers resolves its names lazily and not thread-safely (two checks importing
-    # PreTrainedTokenizerFast at once got an ImportError): import it once before.
-    from transformers import PreTrainedTokenizerFast  # noqa: F401
-    budgeted = [c for c in CASES if c in selected and PACKS[c[0]].spec.budget]
-    free = [c for c in CASES if c in selected and c not in budgeted]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        results = dict(zip(free, pool.map(one, free)))
-    return results | {case: one(case) for case in budgeted}
+NEAR_COPY = entry_name("data-prep", "near-copy")
+"""A planted near-copy of data-prep's good solution: names changed, comments rewritten, blank lines moved."""
+
+
+def _near_copy(subs: Path) -> None:
+    good = subs / entry_name("data-prep", "good")
+    if not good.is_dir():
+        return
+    shutil.copytree(good, subs / NEAR_COPY)
+    for path in (subs / NEAR_COPY).rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        text = re.sub(r"#.*", "# reworded", text)
+        text = re.sub(r"\brecords?\b", lambda m: m.group(0).replace("record", "row"), text)
+        path.write_text(text.replace("\n\n\n", "\n\n"), encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def graded(cohorts: dict[str, Cohort]) -> dict[tuple[str, str, str], Result]:
+    """Each graded case's result, as its batch recorded it."""
+    results = {}
+    for cohort, state in cohorts.items():
+        rows = read_rows(state.out)
+        for row in rows.values():
+            task, name = row.candidate.split("--", 1)
+            assert row.status == "graded", f"{row.candidate}@{cohort}: {row.status}: {row.message}"
+            results[(task, name, cohort)] = load_result(state.out / str(row.result) / RESULT_FILE)
+    return results
+
+
+@pytest.mark.slow
+def test_the_killed_corpus_batch_resumed_with_every_grade_exactly_once(cohorts: dict[str, Cohort]) -> None:
+    state = cohorts.get(DEFAULT)
+    if state is None or not state.before_kill:
+        pytest.skip("too few default-cohort cases selected to kill the batch mid-way")
+    after = read_rows(state.out)
+    entries = sorted(p.name for p in state.subs.iterdir())
+    assert sorted(after) == entries and all(r.status == "graded" for r in after.values())
+    for name, before in state.before_kill.items():
+        if before.status == "graded":  # finished before the kill: never graded again
+            assert after[name] == before and before.attempts == 1
+        else:  # in flight at the kill: graded once more, to the end
+            assert before.status == "running" and after[name].attempts == 2
+    assert all(after[name].attempts == 1 for name in entries if name not in state.before_kill)
 
 
 @pytest.mark.slow
@@ -147,3 +249,58 @@ def test_alignment_report_shows_both_stages_preferences_and_the_distributed_run(
         assert model in section
     assert "Preference accuracy" in section and "Mean reward margin" in section and "Drift from SFT" in section
     assert "distributed (world size 2)" in section and "Distributed vs single" in section
+
+
+def _pair_page(out: Path, a: str, b: str) -> Path | None:
+    return next((p for p in (out / f"similar-{a}-{b}.html", out / f"similar-{b}-{a}.html") if p.is_file()), None)
+
+
+@pytest.mark.slow
+def test_the_corpus_cohort_page_flags_the_planted_near_copy_only(cohorts: dict[str, Cohort]) -> None:
+    state = cohorts.get(DEFAULT)
+    if state is None or not (state.subs / NEAR_COPY).is_dir():
+        pytest.skip("data-prep's good solution is not selected")
+    index = (state.out / COHORT_FILE).read_text(encoding="utf-8")
+    page = _pair_page(state.out, entry_name("data-prep", "good"), NEAR_COPY)
+    assert page is not None and page.name in index
+    for task, other in [("lora-sft", "good-trl"), ("qlora-tune", "good-trl"), ("sft-dpo", "good-ref-model")]:
+        if (state.subs / entry_name(task, other)).is_dir():  # honest solutions written apart are not copies
+            assert _pair_page(state.out, entry_name(task, "good"), entry_name(task, other)) is None
+    for row in read_rows(state.out).values():
+        assert f'href="{row.result}/{REPORT_FILE}"' in index
+
+
+@pytest.mark.slow
+def test_a_promotion_review_across_tasks_and_a_two_rater_panel(cohorts: dict[str, Cohort], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    state = cohorts.get(DEFAULT)
+    folders = {task: state.out / entry_name(task, "good") for task in PACKS} if state else {}
+    if not folders or not all((f / RESULT_FILE).is_file() for f in folders.values()):
+        pytest.skip("not every task's good solution is selected")
+    sft_dpo = tmp_path / "sft-dpo-good"
+    shutil.copytree(folders["sft-dpo"], sft_dpo)  # the panel's merge rewrites it; the batch's stays as graded
+    sheets = []
+    for rater, scores in (("ana", (3, 4, 2, 3)), ("ben", (3, 3, 1, 3))):
+        sheet = tmp_path / f"{rater}.yaml"
+        assert main(["panel-sheet", str(sft_dpo), "--rater", rater, "--out", str(sheet)]) == 0
+        data = yaml.safe_load(sheet.read_text())
+        for entry, score in zip(data["competencies"], scores * 4):
+            entry["score"], entry["comment"] = score, f"{rater}'s view"
+        sheet.write_text(yaml.safe_dump(data))
+        sheets.append(str(sheet))
+    assert main(["panel-merge", str(sft_dpo), *sheets]) == 0
+    merged = load_result(sft_dpo / RESULT_FILE)
+    assert {s.rater for s in merged.panel} == {"ana", "ben"} and merged.panel_agreement is not None
+    assert merged.panel_agreement.alpha is not None and "Krippendorff" in (sft_dpo / REPORT_FILE).read_text()
+    assert all(c.status == "panel-scored" for c in merged.rollup.competencies if c.kind == "panel")
+
+    review = tmp_path / "review"
+    capsys.readouterr()
+    assert main(["review", "--person", "corpus", "--role", "llm-engineer", *(str(folders[t]) for t in PACKS if t != "sft-dpo"),
+                 str(sft_dpo), "--out", str(review)]) == 0
+    html = (review / "review.html").read_text(encoding="utf-8")
+    assert html.count("not assessed by any task") >= 2  # lead and principal: no task yet, never "failed"
+    levels = {pack.spec.level for pack in PACKS.values()}
+    assert {"junior", "senior"} <= levels
+    for link in re.findall(r'href="([^"#]+)', html):
+        assert (review / link).is_file(), link
