@@ -74,7 +74,8 @@ def _prepare_out(out: Path) -> None:
     """Never overwrite a folder tunegrade did not make: nothing of the user's is lost."""
     if out.exists() and not out.is_dir():
         raise BadInput(f"output path {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / RESULT_FILE).exists():
+    ours = (out / RESULT_FILE).exists() or (out / OUTPUT_MARKER).is_file()  # a grade's, maybe one killed mid-way
+    if out.is_dir() and any(out.iterdir()) and not ours:
         raise BadInput(f"output folder {out} is not empty and holds no {RESULT_FILE}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / OUTPUT_MARKER).write_text("A tunegrade result folder: intake leaves it out of any submission.\n",
