@@ -19,8 +19,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from grader.constants import (DEFAULT_BACKEND, DEFAULT_BASE_MODEL, DEFAULT_SEED, REPORT_FILE, RESULT_FILE, RUBRICS_DIR,
-                              TASK_MARKER, TASKS_ENV)
+from grader.constants import (
+    DEFAULT_BACKEND,
+    DEFAULT_BASE_MODEL,
+    DEFAULT_SEED,
+    REPORT_FILE,
+    RESULT_FILE,
+    RUBRICS_DIR,
+    TASK_MARKER,
+    TASKS_ENV,
+)
 from grader.errors import BadInput, GraderFault, TunegradeError
 from grader.export import export_task
 from grader.panel import load_sheet, merge_sheets, rubric_for, sheet_text

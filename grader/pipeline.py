@@ -15,8 +15,16 @@ from pathlib import Path
 
 from grader import __version__
 from grader.checks.base import Artifacts, CheckContext, RunArtifacts
-from grader.constants import (DEFAULT_BASE_MODEL, EXEC_FILE, OUTPUT_MARKER, RESULT_FILE, RUBRICS_DIR, RUNS_DIR,
-                              SCRATCH_DIR, SUBMISSION_DIR)
+from grader.constants import (
+    DEFAULT_BASE_MODEL,
+    EXEC_FILE,
+    OUTPUT_MARKER,
+    RESULT_FILE,
+    RUBRICS_DIR,
+    RUNS_DIR,
+    SCRATCH_DIR,
+    SUBMISSION_DIR,
+)
 from grader.environment import environment
 from grader.errors import BadInput, GraderFault
 from grader.evaluate import run_checks
@@ -26,8 +34,7 @@ from grader.intake import Submission, intake
 from grader.progress import Progress
 from grader.reference import grade_references
 from grader.result import CheckRecord, PanelScore, Ref, Result, RunRecord, Timings, save_result
-from grader.rubric import Rubric
-from grader.rubric import load_rubrics
+from grader.rubric import Rubric, load_rubrics
 from grader.scoring import grade_score, rollup, verdict, weighted_score
 from grader.tasks import TaskPack
 from grader.telemetry import read_telemetry
