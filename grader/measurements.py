@@ -13,7 +13,8 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable
+import platform
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,14 +37,36 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
-def measurement_key(parts: list[Any]) -> str:
+@functools.cache
+def _source_digest(path: str) -> str:
+    """Once per process, as the module it digests is loaded once."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def device_key(device: str) -> str:
+    """Where a measurement runs, as far as that can change its last bits: the GPU's model, or the CPU's
+    architecture and torch's thread count (a float32 reduction's order can follow the threads)."""
+    import torch
+
+    from grader.evaluation import resolve_device
+
+    target = resolve_device(device)
+    if target.startswith("cuda"):
+        return f"{target}:{torch.cuda.get_device_name(target)}"
+    return f"{target}:{platform.machine()}:{torch.get_num_threads()}"
+
+
+def measurement_key(parts: list[Any], code: Sequence[str | Path] = ()) -> str:
     env = {k: v for k, v in environment().items() if k != "platform"}
-    return hashlib.sha256(json.dumps([parts, env, _code_digest()], sort_keys=True).encode()).hexdigest()[:32]
+    sources = [_source_digest(str(Path(p).resolve())) for p in code]
+    return hashlib.sha256(json.dumps([parts, env, _code_digest(), sources], sort_keys=True).encode()).hexdigest()[:32]
 
 
-def stored(parts: list[Any], compute: Callable[[], T], codec: TypeAdapter[T]) -> T:
-    """``compute()``, or its value from an earlier grade with the same ``parts`` (JSON-able)."""
-    path = cache_root() / STORE_DIR / f"{measurement_key(parts)}.json"
+def stored(parts: list[Any], compute: Callable[[], T], codec: TypeAdapter[T], *,
+           code: Sequence[str | Path] = ()) -> T:
+    """``compute()``, or its value from an earlier grade with the same ``parts`` (JSON-able). ``code``: the
+    source files outside grader/evaluation that make the measurement (the ``compute`` itself)."""
+    path = cache_root() / STORE_DIR / f"{measurement_key(parts, code)}.json"
     try:
         return codec.validate_json(path.read_bytes())
     except (OSError, ValidationError):

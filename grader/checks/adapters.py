@@ -31,7 +31,7 @@ from pydantic import TypeAdapter
 from grader.checks.base import Artifacts, CheckContext, InfraFault
 from grader.checks.library import run_telemetry
 from grader.intake import tree_sha256
-from grader.measurements import stored
+from grader.measurements import device_key, stored
 from grader.telemetry import trained_fingerprints
 from grader.telemetry.site import tunegrade_fingerprint as fingerprint
 
@@ -42,6 +42,8 @@ GENERAL_MAX_TOKENS = 256
 """A memory guard on each general document (the generator's stay below 200 tokens with tiny's tokenizer)."""
 EXAMPLES = TypeAdapter(list[tuple[float, int]])
 """How a stored NLL is kept: each record's (summed NLL, counted tokens), in the input order."""
+DTYPE = "float32"
+"""The dtype the grader measures merged adapters in; part of a stored measurement's key, with the merge."""
 OWN_SHARE = 0.5
 """An example counts as trained on when at least this share of its own n-grams (those no other example
 and no training record has) were among the sequences the run trained on."""
@@ -142,18 +144,18 @@ class AdapterMeasures:
         def compute() -> Any:
             from grader.evaluation import load_adapter, load_model, response_nll
 
-            model, _ = load_model(ctx.inputs["model"], device=ctx.device)
+            model, _ = load_model(ctx.inputs["model"], device=ctx.device, dtype=DTYPE)
             if adapter is not None:
                 model = load_adapter(model, adapter, merge=True)
             return response_nll(model, encoded(ctx, name))
 
         def stored_compute() -> Any:
-            from grader.evaluation import NLLResult, resolve_device
+            from grader.evaluation import NLLResult
 
             parts = [f"{self.task}/nll", ctx.memo("model-digest", lambda: tree_sha256(ctx.inputs["model"])),
                      tree_sha256(adapter) if adapter is not None else None, encoded_digest(ctx, name),
-                     resolve_device(ctx.device)]
-            examples = stored(parts, lambda: [tuple(e) for e in compute().examples], EXAMPLES)
+                     device_key(ctx.device), DTYPE, "merged"]
+            examples = stored(parts, lambda: [tuple(e) for e in compute().examples], EXAMPLES, code=[__file__])
             return NLLResult.from_examples(examples)
 
         return ctx.memo(f"nll:{adapter}:{name}", stored_compute if trusted or adapter is None else compute)

@@ -21,15 +21,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from grader.checks import CandidateFault, CheckContext, InfraFault, read_json
-from grader.checks.adapters import EXAMPLES, AdapterMeasures, encoded, encoded_digest, manifest_entry, tokenizer
+from grader.checks.adapters import DTYPE, EXAMPLES, AdapterMeasures, encoded, encoded_digest, manifest_entry, tokenizer
 from grader.intake import tree_sha256
-from grader.measurements import stored
+from grader.measurements import device_key, stored
 
 SFT = AdapterMeasures("sft-dpo/sft", lambda out: out / "sft" / "adapter")
 PAIRS_FILE = "pref.jsonl"
 MIN_EVAL_PAIRS = 16
 LOGPS = TypeAdapter(tuple[list[float], list[float]])
 INTERVAL = TypeAdapter(tuple[float, float, float])
+PROBE = TypeAdapter(list[float])
 
 
 def sft_adapter(out: Path) -> Path:
@@ -108,9 +109,14 @@ def _kept(ctx: CheckContext, out: Path, trusted: bool, parts: list[Any], compute
     """``compute()``; for a reference run (``trusted``), kept across the grades of a cohort."""
     if not trusted:
         return compute()
-    model = ctx.memo("model-digest", lambda: tree_sha256(ctx.inputs["model"]))
-    key = ["sft-dpo", *parts, model, tree_sha256(sft_adapter(out)), tree_sha256(dpo_adapter(out)), ctx.device]
-    return stored(key, compute, codec)
+    adapters = ctx.memo(f"adapter-digests:{out}", lambda: [tree_sha256(sft_adapter(out)),
+                                                             tree_sha256(dpo_adapter(out))])
+    key = ["sft-dpo", *parts, _model_digest(ctx), *adapters, device_key(ctx.device), DTYPE, "merged"]
+    return stored(key, compute, codec, code=[__file__])
+
+
+def _model_digest(ctx: CheckContext) -> str:
+    return ctx.memo("model-digest", lambda: tree_sha256(ctx.inputs["model"]))
 
 
 def models(ctx: CheckContext, out: Path) -> tuple[Any, Any]:
@@ -120,7 +126,7 @@ def models(ctx: CheckContext, out: Path) -> tuple[Any, Any]:
         from grader.evaluation import load_adapter, load_model
 
         def fresh() -> Any:
-            return load_model(ctx.inputs["model"], device=ctx.device)[0]
+            return load_model(ctx.inputs["model"], device=ctx.device, dtype=DTYPE)[0]
 
         sft = load_adapter(fresh(), sft_adapter(out))
         final = load_adapter(load_adapter(fresh(), sft_adapter(out)), dpo_adapter(out))
@@ -191,13 +197,19 @@ def drift(ctx: CheckContext, out: Path, *, trusted: bool = False) -> tuple[float
 
 
 def probe_logprobs(ctx: CheckContext, ids: list[int], which: str, out: Path | None = None) -> list[float]:
-    """The telemetry probe's per-token log-probabilities under the base model or a run's SFT model."""
+    """The telemetry probe's per-token log-probabilities under the base model (kept across the grades of a
+    cohort) or a run's SFT model."""
     from grader.telemetry.site import tunegrade_probe
 
-    def compute() -> list[float]:
+    def on_base() -> list[float]:
         from grader.evaluation import load_model
 
-        model = load_model(ctx.inputs["model"], device=ctx.device)[0] if which == "base" else models(ctx, out)[0]
-        return tunegrade_probe.token_logprobs(model, ids)
+        return tunegrade_probe.token_logprobs(load_model(ctx.inputs["model"], device=ctx.device, dtype=DTYPE)[0], ids)
+
+    def compute() -> list[float]:
+        if which != "base":
+            return tunegrade_probe.token_logprobs(models(ctx, out)[0], ids)
+        key = ["sft-dpo/probe", ids, _model_digest(ctx), device_key(ctx.device), DTYPE]
+        return stored(key, on_base, PROBE, code=[__file__, tunegrade_probe.__file__])
 
     return ctx.memo(f"probe:{which}:{out}:{ids}", compute)
