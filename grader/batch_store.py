@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import sqlite3
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -89,6 +90,7 @@ class BatchStore:
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        self._mutex = threading.Lock()  # one connection, shared by the batch's grading threads
         self._lock = (folder / LOCK_FILE).open("a")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -111,7 +113,8 @@ class BatchStore:
         self._lock.close()
 
     def rows(self) -> dict[str, GradeRow]:
-        return _rows(self._db)
+        with self._mutex:
+            return _rows(self._db)
 
     def start(self, candidate: str, task: str | None, source: str) -> None:
         """Mark a grade as begun, counting the attempt."""
@@ -137,7 +140,7 @@ class BatchStore:
 
     def _write(self, sql: str, params: tuple) -> None:
         try:
-            with self._db:
+            with self._mutex, self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute(sql, params)
         except sqlite3.Error as exc:
