@@ -86,8 +86,14 @@ def _submissions(cases: list[tuple[str, str, str]], subs: Path) -> None:
         (dest / TASK_MARKER).write_text(f"{task}\n", encoding="utf-8")
 
 
+ROLE = "llm-engineer"
+"""The corpus is graded as a panel hiring for one role does: every task offers it, so one promotion review
+places all of them."""
+
+
 def _batch_argv(cohort: str, subs: Path, out: Path) -> list[str]:
-    argv = [sys.executable, "-c", "from grader.cli import entry; entry()", "batch", str(subs), "--out", str(out)]
+    argv = [sys.executable, "-c", "from grader.cli import entry; entry()", "batch", str(subs), "--out", str(out),
+            "--role", ROLE]
     return argv + ([] if cohort == DEFAULT else ["--hidden-seed", cohort])
 
 
@@ -296,7 +302,7 @@ def test_a_promotion_review_across_tasks_and_a_two_rater_panel(cohorts: dict[str
 
     review = tmp_path / "review"
     capsys.readouterr()
-    assert main(["review", "--person", "corpus", "--role", "llm-engineer", *(str(folders[t]) for t in PACKS if t != "sft-dpo"),
+    assert main(["review", "--person", "corpus", "--role", ROLE, *(str(folders[t]) for t in PACKS if t != "sft-dpo"),
                  str(sft_dpo), "--out", str(review)]) == 0
     html = (review / "review.html").read_text(encoding="utf-8")
     assert html.count("not assessed by any task") >= 2  # lead and principal: no task yet, never "failed"
