@@ -161,7 +161,9 @@ def _grade_one(req: BatchRequest, entry: Entry, pack: TaskPack | None, store: Ba
     progress = events.grade_progress(entry)
     try:
         if pack is None:
-            raise BadInput(f"{entry.path.name}: no --task given and no {TASK_MARKER} marker in the submission")
+            why = (f"its {TASK_MARKER} names no known task ({entry.task!r})" if entry.task
+                   else f"no --task given and no {TASK_MARKER} marker in the submission")
+            raise BadInput(f"{entry.path.name}: {why}")
         result = grade(GradeRequest(pack=pack, source=entry.path, out=req.out / entry.name, candidate=entry.name,
                                     progress=progress, **req.options))
         render_report(result, req.out / entry.name / REPORT_FILE)

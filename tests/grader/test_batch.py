@@ -174,3 +174,15 @@ def test_rescoring_a_batch_folder_rescores_each_grade_and_its_cohort_page(tmp_pa
     assert (rows["ada"].verdict, rows["bo"].verdict) == ("strong", load_result(out / "bo" / RESULT_FILE).verdict)
     assert rows["bo"].verdict != "strong" and len(load_result(out / "ada" / RESULT_FILE).rescores) == 1
     assert "(changed: echoed)" in capsys.readouterr().err
+
+
+def test_an_entry_whose_marker_names_no_task_is_its_own_bad_input(tmp_path: Path) -> None:
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    _candidate(subs, "ada")
+    (subs / "ada" / TASK_MARKER).write_text("echo\n")
+    _candidate(subs, "bo")
+    (subs / "bo" / TASK_MARKER).write_text("no-such-task\n")
+    summary = run_batch(BatchRequest(folder=subs, out=out, tasks_dirs=[FIXTURES],
+                                     options={"backend": "process", "allow_reduced_isolation": True}))
+    assert summary.rows["ada"].status == "graded"
+    assert summary.rows["bo"].status == "bad-input" and "names no known task ('no-such-task')" in summary.rows["bo"].message
