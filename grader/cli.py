@@ -129,6 +129,8 @@ _memory_scale = click.option("--memory-scale", default=1.0, show_default=True, t
 _allow_reduced = click.option("--allow-reduced-isolation", is_flag=True,
                               help="Run the submission even where the sandbox cannot isolate it (no bubblewrap, "
                                    "--backend process): only for code you trust.")
+_hidden_seed = click.option("--hidden-seed", envvar="TUNEGRADE_HIDDEN_SEED",
+                            help="Secret seed of this cohort's hidden inputs.")
 _quiet = click.option("--quiet", "-q", is_flag=True, help="Show no progress while grading (the outcome still prints).")
 _device = click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
                        help="Where the grader's own evaluation runs.")
@@ -194,7 +196,7 @@ def check_cmd(submission: Path, task: str | None, out_dir: Path | None, backend:
 @_image
 @_seed
 @click.option("--ref", help="Git ref to grade when SUBMISSION is a git repository (default HEAD).")
-@click.option("--hidden-seed", envvar="TUNEGRADE_HIDDEN_SEED", help="Secret seed of this cohort's hidden inputs.")
+@_hidden_seed
 @click.option("--role", help="Rubric role (default: the task's first role).")
 @_base_model
 @_device
@@ -334,7 +336,7 @@ def review_cmd(results: tuple[Path, ...], person: str, role: str, out_dir: Path 
 @_gpus
 @_image
 @_seed
-@click.option("--hidden-seed", envvar="TUNEGRADE_HIDDEN_SEED", help="Secret seed of this cohort's hidden inputs.")
+@_hidden_seed
 @click.option("--role", help="Rubric role (default: each task's first role).")
 @_base_model
 @_device

@@ -20,7 +20,7 @@ from grader.constants import RUBRICS_DIR
 from grader.errors import BadInput
 from grader.result import PANEL_MAX, PANEL_SCALE, PanelAgreement, PanelScore, Result
 from grader.rubric import Rubric, load_rubrics
-from grader.schema import Strict, load_model
+from grader.schema import Strict, load_model, repeated
 from grader.scoring import rollup
 
 SHEET_SCHEMA_VERSION = 1
@@ -54,8 +54,7 @@ class Sheet(Strict):
     @field_validator("competencies")
     @classmethod
     def _unique_ids(cls, v: list[SheetEntry]) -> list[SheetEntry]:
-        ids = [e.id for e in v]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        dupes = repeated([e.id for e in v])
         if dupes:
             raise ValueError(f"competency listed twice: {', '.join(dupes)}")
         return v

@@ -20,6 +20,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def repeated(ids: list[str]) -> list[str]:
+    """The ids that occur more than once, sorted: what a list validator names when ids must be unique."""
+    return sorted({i for i in ids if ids.count(i) > 1})
+
+
 def describe(err: ValidationError) -> str:
     """``a.b[2]: msg; c: msg`` — the pydantic errors, one path each."""
     parts = []

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from grader.schema import Strict, load_model
+from grader.schema import Strict, load_model, repeated
 from sandbox.base import Limits
 
 TASK_SCHEMA_VERSION = 1
@@ -112,8 +112,7 @@ class TaskSpec(Strict):
     @field_validator("checks")
     @classmethod
     def _unique_checks(cls, v: list[CheckSpec]) -> list[CheckSpec]:
-        ids = [c.id for c in v]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
+        dup = repeated([c.id for c in v])
         if dup:
             raise ValueError(f"duplicate check ids: {', '.join(dup)}")
         return v
