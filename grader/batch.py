@@ -152,37 +152,51 @@ def _outcome(result: Result) -> tuple[Status, str]:
     return "graded", f"{result.verdict}, {score}"
 
 
-def _grade_one(req: BatchRequest, entry: Entry, pack: TaskPack | None, store: BatchStore,
-               events: BatchEvents) -> GradeRow:
-    t0 = time.perf_counter()
-    store.start(entry.name, entry.task, entry.path.name)
+@dataclass
+class Graded:
+    """How one entry's grade ended: its status, a one-line message and the result, when there is one."""
+
     status: Status
-    verdict = score = rel = None
-    progress = events.grade_progress(entry)
+    message: str
+    result: Result | None = None
+
+
+def grade_entry(entry: Entry, source: Path, pack: TaskPack | None, out: Path, options: dict[str, Any],
+                progress: Progress) -> Graded:
+    """Grade ``source`` (the entry's submission, where this machine has it) into ``out`` and render its
+    report. Nothing raises: bad input, grader faults and grader bugs become the entry's status."""
     try:
         if pack is None:
             why = (f"its {TASK_MARKER} names no known task ({entry.task!r})" if entry.task
                    else f"no --task given and no {TASK_MARKER} marker in the submission")
             raise BadInput(f"{entry.path.name}: {why}")
-        result = grade(GradeRequest(pack=pack, source=entry.path, out=req.out / entry.name, candidate=entry.name,
-                                    progress=progress, **req.options))
-        render_report(result, req.out / entry.name / REPORT_FILE)
-        status, message = _outcome(result)
-        verdict, score, rel = result.verdict, result.score, entry.name
+        result = grade(GradeRequest(pack=pack, source=source, out=out, candidate=entry.name, progress=progress,
+                                    **options))
+        render_report(result, out / REPORT_FILE)
+        return Graded(*_outcome(result), result=result)
     except BadInput as exc:
-        status, message = "bad-input", str(exc)
+        return Graded("bad-input", str(exc))
     except TunegradeError as exc:
-        status, message = "error", str(exc)
+        return Graded("error", str(exc))
     except Exception as exc:  # noqa: BLE001 - a grader bug ends this grade, never the batch
-        status, message = "error", f"internal error: {type(exc).__name__}: {exc}"
+        return Graded("error", f"internal error: {type(exc).__name__}: {exc}")
     finally:
         progress.close()
-    store.finish(entry.name, status, seconds=time.perf_counter() - t0, verdict=verdict, score=score,
-                 message=message, result=rel)
+
+
+def _grade_one(req: BatchRequest, entry: Entry, pack: TaskPack | None, store: BatchStore,
+               events: BatchEvents) -> GradeRow:
+    t0 = time.perf_counter()
+    token = store.start(entry.name, entry.task, entry.path.name)
+    graded = grade_entry(entry, entry.path, pack, req.out / entry.name, req.options, events.grade_progress(entry))
+    result = graded.result
+    store.finish(entry.name, token, graded.status, seconds=time.perf_counter() - t0,
+                 verdict=result.verdict if result else None, score=result.score if result else None,
+                 message=graded.message, result=entry.name if result else None)
     return store.rows()[entry.name]
 
 
-def _packs(entries: list[Entry], tasks_dirs: list[Path]) -> dict[str, TaskPack | None]:
+def packs_of(entries: list[Entry], tasks_dirs: list[Path]) -> dict[str, TaskPack | None]:
     """Each entry's task pack; an unknown task is that entry's bad input, not the batch's."""
     packs: dict[str, TaskPack | None] = {}
     for entry in entries:
@@ -204,7 +218,7 @@ def run_batch(req: BatchRequest, events: BatchEvents | None = None) -> BatchSumm
         done = store.rows()
         todo = [e for e in entries if req.regrade or e.name not in done or done[e.name].status not in FINISHED]
         skipped = [e.name for e in entries if e not in todo]
-        packs = _packs(todo, req.tasks_dirs)
+        packs = packs_of(todo, req.tasks_dirs)
         slots = host_slots(req.jobs)
         if len(todo) > 1:
             # transformers resolves its names lazily and not thread-safely (two checks importing

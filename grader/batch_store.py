@@ -4,7 +4,9 @@ A row is written when a grade begins ("running") and replaced when it ends, in o
 each, so a batch killed at any instant (SIGKILL included) leaves every finished grade recorded
 and at most the grades in flight marked "running": those, and only those, are graded again on
 resume. ``attempts`` counts how often a submission was started, which is how the tests prove
-that nothing finished is graded twice.
+that nothing finished is graded twice. Each start gets a fresh ``token`` and only the grade holding
+the current token can finish the row: a result that arrives twice, or from a grade a restarted
+coordinator already gave up on, is recorded once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import sqlite3
 import threading
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -39,9 +42,12 @@ CREATE TABLE IF NOT EXISTS grades (
     started_at  TEXT NOT NULL,
     finished_at TEXT,
     seconds     REAL,
-    attempts    INTEGER NOT NULL DEFAULT 0
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    token       TEXT
 )
 """
+MIGRATIONS = {"token": "ALTER TABLE grades ADD COLUMN token TEXT"}
+"""Columns added since the first release, for batch folders made before them."""
 
 
 class GradeRow(BaseModel):
@@ -58,6 +64,7 @@ class GradeRow(BaseModel):
     finished_at: str | None = None
     seconds: float | None = None
     attempts: int = 0
+    token: str | None = None
 
 
 def _rows(db: sqlite3.Connection) -> dict[str, GradeRow]:
@@ -103,6 +110,10 @@ class BatchStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(grades)")}
+            for column, sql in MIGRATIONS.items():
+                if column not in columns:
+                    self._db.execute(sql)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise BadInput(f"{folder / DB_FILE} is not a batch database ({exc})") from None
@@ -116,33 +127,39 @@ class BatchStore:
         with self._mutex:
             return _rows(self._db)
 
-    def start(self, candidate: str, task: str | None, source: str) -> None:
-        """Mark a grade as begun, counting the attempt."""
+    def start(self, candidate: str, task: str | None, source: str) -> str:
+        """Mark a grade as begun, counting the attempt; returns the token that may finish it."""
+        token = uuid.uuid4().hex
         self._write(
-            "INSERT INTO grades (candidate, task, source, status, started_at, attempts) VALUES (?, ?, ?, 'running', ?, 1) "
+            "INSERT INTO grades (candidate, task, source, status, started_at, attempts, token) "
+            "VALUES (?, ?, ?, 'running', ?, 1, ?) "
             "ON CONFLICT(candidate) DO UPDATE SET task=excluded.task, source=excluded.source, status='running', "
             "verdict=NULL, score=NULL, message=NULL, result=NULL, started_at=excluded.started_at, finished_at=NULL, "
-            "seconds=NULL, attempts=grades.attempts+1",
-            (candidate, task, source, _now()),
+            "seconds=NULL, attempts=grades.attempts+1, token=excluded.token",
+            (candidate, task, source, _now(), token),
         )
+        return token
 
-    def finish(self, candidate: str, status: Status, *, seconds: float, verdict: str | None = None,
-               score: float | None = None, message: str | None = None, result: str | None = None) -> None:
-        self._write(
+    def finish(self, candidate: str, token: str, status: Status, *, seconds: float, verdict: str | None = None,
+               score: float | None = None, message: str | None = None, result: str | None = None) -> bool:
+        """Record the end of the grade started with ``token``; False (nothing written) when that grade
+        is already recorded or was superseded by a later start."""
+        return self._write(
             "UPDATE grades SET status=?, verdict=?, score=?, message=?, result=?, finished_at=?, seconds=? "
-            "WHERE candidate=?",
-            (status, verdict, score, message, result, _now(), round(seconds, 3), candidate),
-        )
+            "WHERE candidate=? AND token=? AND status='running'",
+            (status, verdict, score, message, result, _now(), round(seconds, 3), candidate, token),
+        ) == 1
 
     def rescored(self, candidate: str, verdict: str, score: float | None) -> None:
         """A recorded grade was re-scored offline: its verdict and score change, nothing else."""
         self._write("UPDATE grades SET verdict=?, score=? WHERE candidate=?", (verdict, score, candidate))
 
-    def _write(self, sql: str, params: tuple) -> None:
+    def _write(self, sql: str, params: tuple) -> int:
+        """Run one statement in its own transaction; returns the rows it changed."""
         try:
             with self._mutex, self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(sql, params)
+                return self._db.execute(sql, params).rowcount
         except sqlite3.Error as exc:
             raise GraderFault(f"batch database: {exc}") from None
 

@@ -186,3 +186,37 @@ def test_an_entry_whose_marker_names_no_task_is_its_own_bad_input(tmp_path: Path
                                      options={"backend": "process", "allow_reduced_isolation": True}))
     assert summary.rows["ada"].status == "graded"
     assert summary.rows["bo"].status == "bad-input" and "names no known task ('no-such-task')" in summary.rows["bo"].message
+
+
+def test_a_result_that_arrives_twice_or_late_is_recorded_once(tmp_path: Path) -> None:
+    store = BatchStore(tmp_path)
+    try:
+        old = store.start("ada", "echo", "ada")
+        new = store.start("ada", "echo", "ada")  # a restarted coordinator started ada again
+        assert not store.finish("ada", old, "graded", seconds=1.0, verdict="below", score=10.0)
+        assert store.finish("ada", new, "graded", seconds=2.0, verdict="strong", score=90.0)
+        assert not store.finish("ada", new, "graded", seconds=3.0, verdict="below", score=0.0)  # the same, again
+        row = store.rows()["ada"]
+        assert (row.status, row.verdict, row.score, row.seconds, row.attempts) == ("graded", "strong", 90.0, 2.0, 2)
+    finally:
+        store.close()
+
+
+def test_a_batch_folder_from_before_tokens_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "batch.sqlite")
+    db.execute("CREATE TABLE grades (candidate TEXT PRIMARY KEY, task TEXT, source TEXT NOT NULL, status TEXT NOT "
+               "NULL, verdict TEXT, score REAL, message TEXT, result TEXT, started_at TEXT NOT NULL, finished_at "
+               "TEXT, seconds REAL, attempts INTEGER NOT NULL DEFAULT 0)")
+    db.execute("INSERT INTO grades VALUES ('ada', 'echo', 'ada', 'running', NULL, NULL, NULL, NULL, 'then', NULL, "
+               "NULL, 1)")
+    db.commit()
+    db.close()
+    store = BatchStore(tmp_path)
+    try:
+        assert store.rows()["ada"].token is None
+        token = store.start("ada", "echo", "ada")
+        assert store.finish("ada", token, "graded", seconds=1.0) and store.rows()["ada"].attempts == 2
+    finally:
+        store.close()
