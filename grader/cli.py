@@ -332,7 +332,17 @@ def review_cmd(results: tuple[Path, ...], person: str, role: str, out_dir: Path 
 @click.option("--jobs", "-j", type=click.IntRange(min=1), help="Grades at a time (default: as many as the tasks' "
                                                                  "CPUs and GPUs allow on this host).")
 @click.option("--regrade", is_flag=True, help="Grade again what this batch folder already recorded as graded.")
-@_backend
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine's threads; ray: one Ray task per submission across a cluster "
+                   "(pip install 'tunegrade[ray]').")
+@click.option("--address", help="ray: the cluster to grade on (host:port, or auto); default: start one on "
+                                "this machine.")
+@click.option("--storage", help="ray: where submissions and results travel, reached by every node: a shared "
+                                "path or an fsspec URL (default: <out>/.fleet-storage, one machine only).")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="ray: how often a grade whose worker or node was lost starts again before it is an error.")
+@click.option("--backend", help="Sandbox backend: local, process or docker; with --engine ray also auto "
+                                "(default there: docker with the task's GPUs on GPU nodes, local elsewhere).")
 @_gpus
 @_image
 @_seed
@@ -344,20 +354,34 @@ def review_cmd(results: tuple[Path, ...], person: str, role: str, out_dir: Path 
 @_memory_scale
 @_allow_reduced
 @_quiet
-def batch_cmd(folder: Path, task: str | None, out_dir: Path | None, jobs: int | None, regrade: bool, backend: str,
-              gpus: str | None, image: str | None, seed: int, hidden_seed: str | None, role: str | None,
-              base_model: str, device: str, time_scale: float, memory_scale: float, allow_reduced_isolation: bool,
-              quiet: bool) -> None:
+def batch_cmd(folder: Path, task: str | None, out_dir: Path | None, jobs: int | None, regrade: bool, engine: str,
+              address: str | None, storage: str | None, retries: int, backend: str | None, gpus: str | None,
+              image: str | None, seed: int, hidden_seed: str | None, role: str | None, base_model: str, device: str,
+              time_scale: float, memory_scale: float, allow_reduced_isolation: bool, quiet: bool) -> None:
     """Grade every submission in FOLDER (one sub-folder, git repository or archive per candidate), resumably."""
     from grader.batch import BatchRequest, render_batch_pages, run_batch
     from grader.batch_display import for_console
 
+    if engine == "local" and (address or storage):
+        raise BadInput("--address and --storage are options of --engine ray")
+    if engine == "ray" and jobs is not None:
+        raise BadInput("--jobs is an option of the local engine: Ray admits grades by the tasks' resources")
+    if engine == "local" and backend == "auto":
+        raise BadInput("--backend auto chooses per node: it needs --engine ray")
     out = out_dir or Path("graded") / slug(folder.resolve().name)
-    options = dict(backend=backend, backend_options=_backend_options(gpus, image), seed=seed, hidden_seed=hidden_seed,
+    options = dict(backend=backend or ("auto" if engine == "ray" else DEFAULT_BACKEND),
+                   backend_options=_backend_options(gpus, image), seed=seed, hidden_seed=hidden_seed,
                    role=role, base_model=base_model, device=device, time_scale=time_scale, memory_scale=memory_scale,
                    allow_reduced_isolation=allow_reduced_isolation)
-    summary = run_batch(BatchRequest(folder=folder, out=out, task=task, jobs=jobs, regrade=regrade,
-                                     tasks_dirs=_tasks_dirs(), options=options), for_console(err, quiet))
+    req = BatchRequest(folder=folder, out=out, task=task, jobs=jobs, regrade=regrade, tasks_dirs=_tasks_dirs(),
+                       options=options)
+    if engine == "ray":
+        from grader.fleet import FleetOptions, run_fleet
+
+        summary = run_fleet(req, FleetOptions(address=address, storage=storage, retries=retries),
+                            for_console(err, quiet))
+    else:
+        summary = run_batch(req, for_console(err, quiet))
     index = render_batch_pages(out, summary.rows)
     counts = ", ".join(f"{summary.count(s)} {s}" for s in ("graded", "bad-input", "error") if summary.count(s))
     err.print(f"batch {out}: {len(summary.rows)} submissions ({counts}); {len(summary.graded_now)} graded now, "
