@@ -20,10 +20,10 @@ from typing import Any
 
 from grader.batch_store import FINISHED, BatchStore, GradeRow, Status
 from grader.cohort import Ungraded
-from grader.constants import COHORT_FILE, OUTPUT_MARKER, REPORT_FILE, RESULT_FILE, TASK_MARKER
+from grader.constants import COHORT_FILE, DEFAULT_BACKEND, OUTPUT_MARKER, REPORT_FILE, RESULT_FILE, TASK_MARKER
 from grader.errors import BadInput, TunegradeError
 from grader.intake import ARCHIVE_SUFFIXES
-from grader.pipeline import GradeRequest, grade
+from grader.pipeline import GradeRequest, grade, open_sandbox, require_isolation
 from grader.progress import Progress
 from grader.report import render_all, render_report, slug
 from grader.result import Result, load_result
@@ -207,12 +207,20 @@ def packs_of(entries: list[Entry], tasks_dirs: list[Path]) -> dict[str, TaskPack
     return packs
 
 
+def require_sandbox(options: dict[str, Any]) -> None:
+    """The sandbox every grade of this machine will use must isolate (or be allowed not to): refused once
+    for the whole batch, never recorded as each candidate's bad input."""
+    sandbox = open_sandbox(options.get("backend", DEFAULT_BACKEND), options.get("backend_options", {}))
+    require_isolation(sandbox, options.get("allow_reduced_isolation", False))
+
+
 def run_batch(req: BatchRequest, events: BatchEvents | None = None) -> BatchSummary:
     """Grade every entry not yet recorded as finished (every entry with ``regrade``)."""
     events = events or BatchEvents()
     if req.task is not None:
         get_task(req.task, req.tasks_dirs)  # an unknown --task is the whole batch's bad input
     entries = find_entries(req.folder, req.task, req.out)
+    require_sandbox(req.options)
     store = BatchStore(req.out)
     try:
         done = store.rows()

@@ -96,6 +96,17 @@ def test_batch_records_every_outcome_and_never_stops(tmp_path: Path, capsys: pyt
     assert "bo: graded below," in err
 
 
+def test_a_sandbox_that_cannot_isolate_refuses_the_batch_not_each_candidate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    _candidate(subs, "ada")
+    code = main(["--tasks-dir", str(FIXTURES), "batch", str(subs), "--task", "echo", "--out", str(out),
+                 "--backend", "process"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "refusing to run candidate code with reduced isolation" in err[0]
+    assert read_rows(out) == {}  # nothing recorded as the candidate's bad input
+
+
 def test_grader_fault_is_recorded_as_error_and_retried_on_resume(tmp_path: Path) -> None:
     tasks = tmp_path / "tasks"
     shutil.copytree(FIXTURES / "echo", tasks / "echo")
