@@ -32,12 +32,13 @@ from grader.batch import (
     BatchSummary,
     Entry,
     find_entries,
-    packs_of,
     grade_entry,
+    packs_of,
+    require_sandbox,
 )
 from grader.batch_store import FINISHED, BatchStore, Status
 from grader.constants import BUILTIN_TASKS, OUTPUT_MARKER, RESULT_FILE
-from grader.errors import BadInput, GraderFault
+from grader.errors import BadInput, GraderFault, TunegradeError
 from grader.result import load_result
 from grader.storage import Storage, storage_url
 from grader.tasks import TaskPack, get_task, task_dirs
@@ -131,10 +132,15 @@ def grade_on_node(job: FleetJob) -> FleetOutcome:
         raise GraderFault(f"node {node[:12]} has tunegrade {__version__} and task {job.task} "
                           f"{pack.spec.version if pack else 'unknown'}; the coordinator {job.tool_version} and "
                           f"{job.task_version}: install the same release on every node")
+    options = node_options(job.options, gpu_ids)
+    try:
+        require_sandbox(options)
+    except TunegradeError as exc:  # this node's set-up, never the candidate's input
+        raise GraderFault(f"node {node[:12]} cannot grade: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="tunegrade-fleet-") as tmp:
         source = storage.get_tree(submission_key(job), Path(tmp) / "in")
         out = Path(tmp) / "out" / job.candidate
-        graded = grade_entry(entry, source, pack, out, node_options(job.options, gpu_ids), Progress())
+        graded = grade_entry(entry, source, pack, out, options, Progress())
         result = graded.result
         if result is not None:
             storage.put_tree(result_key(job), out)
@@ -229,13 +235,19 @@ def _take_result(storage: Storage, key: str, out: Path, candidate: str) -> None:
 class _Flight:
     entry: Entry
     token: str
-    job: FleetJob
     started: float = field(default_factory=time.perf_counter)
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
 def _infrastructure(exc: BaseException, retries: int) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"infrastructure: {type(exc).__name__} after {retries + 1} tries: {first}"
+    """The message of a grade the fleet could not finish: the node's own fault, or a lost worker."""
+    cause = getattr(exc, "cause", None)  # RayTaskError: what the node's grader raised
+    if isinstance(cause, BaseException):
+        return f"infrastructure: {_first_line(cause)}"
+    return f"infrastructure: {type(exc).__name__} after {retries + 1} starts: {_first_line(exc)}"
 
 
 def run_fleet(req: BatchRequest, fleet: FleetOptions, events: BatchEvents | None = None) -> BatchSummary:
@@ -262,33 +274,44 @@ def run_fleet(req: BatchRequest, fleet: FleetOptions, events: BatchEvents | None
         progress: dict[str, Any] = {}
         variants: dict[str, str] = {}
 
-        def launch(entry: Entry) -> None:
+        def launch(entry: Entry) -> bool:
             token = store.start(entry.name, entry.task, entry.path.name)
             pack = packs[entry.name]
             job = FleetJob(candidate=entry.name, task=entry.task, task_version=pack.spec.version if pack else None,
                            tool_version=__version__, source_name=entry.path.name, token=token, storage=storage.url,
                            tasks_dirs=tasks_dirs, options=req.options)
-            storage.put_tree(submission_key(job), entry.path)
-            ref = remote.options(**resources(packs[entry.name], cap), max_retries=fleet.retries,
+            try:
+                storage.put_tree(submission_key(job), entry.path)
+            except OSError as exc:  # as intake would refuse it on one machine
+                store.finish(entry.name, token, "bad-input", seconds=0.0,
+                             message=f"{entry.path.name}: cannot be read ({exc.strerror or exc})")
+                events.finished(store.rows()[entry.name])
+                return False
+            ref = remote.options(**resources(pack, cap), max_retries=fleet.retries,
                                  retry_exceptions=False, name=f"tunegrade:{entry.name}").remote(job)
-            flights[ref] = _Flight(entry, token, job)
+            flights[ref] = _Flight(entry, token)
             progress[entry.name] = events.grade_progress(entry)
             progress[entry.name].stage("on the fleet")
+            return True
 
         cohorts: dict[str | None, deque[Entry]] = {}
         for entry in todo:
             cohorts.setdefault(entry.task, deque()).append(entry)
-        warming: set[str] = set()
-        for task, queue in cohorts.items():
-            first = queue.popleft()
-            pack = packs[first.name]
-            if pack is not None and pack.spec.reference is not None:
-                warming.add(first.name)  # its cohort waits: the reference work is then done once
-            launch(first)
-            if first.name not in warming:
-                while queue:
-                    launch(queue.popleft())
+        # Tasks with reference work that no grade of this round has done yet: their grades go one at a time.
+        cold = {task for task, queue in cohorts.items() if (p := packs[queue[0].name]) and p.spec.reference}
+        warming: dict[str, str | None] = {}
 
+        def advance(task: str | None) -> None:
+            """Launch the cohort's next grades: one alone while its task is cold, else all of them."""
+            queue = cohorts[task]
+            while queue:
+                entry = queue.popleft()
+                if launch(entry) and task in cold:
+                    warming[entry.name] = task
+                    return
+
+        for task in cohorts:
+            advance(task)
         while flights:
             ready, _ = ray.wait(list(flights), num_returns=1)
             flight = flights.pop(ready[0])
@@ -307,14 +330,10 @@ def run_fleet(req: BatchRequest, fleet: FleetOptions, events: BatchEvents | None
                             result=entry.name if outcome.result_key else None):
                 events.finished(store.rows()[entry.name])
             if entry.name in warming:
-                warming.discard(entry.name)
-                queue = cohorts[entry.task]
-                if outcome.status == "bad-input" and queue:  # refused before any reference work: next warms
-                    warming.add(queue[0].name)
-                    launch(queue.popleft())
-                    continue
-                while queue:
-                    launch(queue.popleft())
+                task = warming.pop(entry.name)
+                if outcome.status == "graded":  # its reference work is in the storage now
+                    cold.discard(task)
+                advance(task)
         return BatchSummary(rows=store.rows(), graded_now=[e.name for e in todo], skipped=skipped)
     finally:
         events.close()

@@ -21,8 +21,10 @@ class Storage:
     """One storage URL; keys are ``/``-separated paths below it."""
 
     def __init__(self, url: str) -> None:
-        import fsspec
-
+        try:
+            import fsspec
+        except ImportError:
+            raise BadInput("the fleet's storage needs fsspec: pip install 'tunegrade[ray]'") from None
         self.url = url.rstrip("/")
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url)
@@ -62,11 +64,9 @@ class Storage:
         with self.fs.open(self._path(key), "rb") as f:
             return f.read()
 
-    def exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self._path(key)))
-
     def names(self, prefix: str) -> set[str]:
         """The names directly below ``prefix`` (finished objects only, not ones being written)."""
+        self.fs.invalidate_cache(self._path(prefix))  # other nodes write here: never trust a cached listing
         try:
             found = self.fs.ls(self._path(prefix), detail=False)
         except FileNotFoundError:

@@ -27,12 +27,15 @@ class LocalCluster:
     """``ray start`` processes, stopped together by :meth:`stop` (``ray stop --force``: every Ray process
     of this machine, so only one cluster runs at a time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, **env: str) -> None:
         self.address = f"127.0.0.1:{_free_port()}"
         self.workers: list[Path] = []
+        self.env = env
+        """Every node's environment beyond this process's (the storage's endpoint and credentials)."""
 
     def _ray(self, *args: str, env: dict[str, str] | None = None) -> None:
-        proc = subprocess.run([str(RAY), *args], env=env or ray_env(), capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([str(RAY), *args], env=env or ray_env(**self.env), capture_output=True, text=True,
+                              timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"ray {' '.join(args)} failed: {proc.stderr[-2000:]}")
 
@@ -48,7 +51,7 @@ class LocalCluster:
         cache.mkdir(parents=True, exist_ok=True)
         self._ray("start", "--address", self.address, "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus),
                   "--object-store-memory", OBJECT_STORE, "--disable-usage-stats",
-                  env=ray_env(TUNEGRADE_CACHE=str(cache)))
+                  env=ray_env(**self.env, TUNEGRADE_CACHE=str(cache)))
         self.workers.append(cache)
 
     def stop(self) -> None:

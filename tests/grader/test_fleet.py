@@ -35,9 +35,26 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def s3() -> Iterator[dict[str, str]]:
+    """An S3 endpoint on loopback (moto's server: the S3 HTTP API, no cloud here); the environment that
+    points fsspec's s3 (s3fs) at it, given to the coordinator and every node."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "fleet", "AWS_SECRET_ACCESS_KEY": "fleet-secret", "AWS_DEFAULT_REGION": "us-east-1",
+           "FSSPEC_S3_ENDPOINT_URL": f"http://{host}:{port}"}
+    try:
+        yield env
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, s3: dict[str, str]) -> Iterator[LocalCluster]:
     caches = tmp_path_factory.mktemp("node-caches")
-    c = LocalCluster().start()
+    c = LocalCluster(**s3).start()
     try:
         c.add_worker(1, caches / "a")
         c.add_worker(1, caches / "b")
@@ -198,6 +215,33 @@ def test_the_coordinator_killed_and_restarted_finishes_exactly_once(cluster: Loc
     assert f"{len(rows) - len(done_before)} graded now, {len(done_before)} already graded" in again.stderr
 
 
+def test_a_grade_past_its_limit_is_the_candidates_as_on_one_machine(cluster: LocalCluster, tasks_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    _echo(subs, "prompt")
+    _echo(subs, "slow", sleep=30)
+    proc = subprocess.run(_batch(subs, out, cluster, "--task", "echo-fleet", "--time-scale", "0.1"),
+                          env=_env(tasks_dir), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr  # a timeout is a grade, not an infrastructure error
+    rows = read_rows(out)
+    assert (rows["slow"].status, rows["slow"].verdict, rows["slow"].attempts) == ("graded", "below", 1)
+    slow = load_result(out / "slow" / RESULT_FILE)
+    assert slow.runs[0].timed_out and next(c for c in slow.checks if c.id == "runs").status == "fail"
+    assert (rows["prompt"].status, rows["prompt"].verdict) == ("graded", "strong")
+
+
+def test_a_node_that_cannot_isolate_is_an_infrastructure_error(cluster: LocalCluster, tasks_dir: Path,
+                                                               tmp_path: Path) -> None:
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    _echo(subs, "ada")
+    proc = subprocess.run(_batch(subs, out, cluster, "--task", "echo-fleet", "--backend", "process", "--retries", "0"),
+                          env=_env(tasks_dir), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    row = read_rows(out)["ada"]
+    assert (row.status, row.verdict) == ("error", None)  # retried on resume, never the candidate's bad input
+    assert "cannot grade: refusing to run candidate code with reduced isolation" in (row.message or "")
+
+
 def test_a_cohort_computes_its_reference_once_for_every_node(cluster: LocalCluster, tasks_dir: Path,
                                                              tmp_path: Path) -> None:
     subs, out = tmp_path / "subs", tmp_path / "out"
@@ -211,6 +255,29 @@ def test_a_cohort_computes_its_reference_once_for_every_node(cluster: LocalClust
     on_nodes = [(cache / REFERENCE_DIR / shared[0] / FETCHED_FILE).is_file() for cache in cluster.workers
                 if (cache / REFERENCE_DIR / shared[0] / "reference.json").is_file()]
     assert sorted(on_nodes) == [False, True]  # run on one node; the other took it from the storage
+
+
+def test_submissions_and_results_travel_through_object_storage(cluster: LocalCluster, s3: dict[str, str],
+                                                               tasks_dir: Path, tmp_path: Path) -> None:
+    import fsspec
+
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    for name in ("ada", "bo"):
+        _echo(subs, name)
+    fs = fsspec.filesystem("s3", endpoint_url=s3["FSSPEC_S3_ENDPOINT_URL"], key=s3["AWS_ACCESS_KEY_ID"],
+                           secret=s3["AWS_SECRET_ACCESS_KEY"])
+    fs.mkdir("hiring-round")
+    proc = subprocess.run(_batch(subs, out, cluster, "--task", "echo-fleet", "--storage", "s3://hiring-round/r1",
+                                 "--hidden-seed", "via-s3"),
+                          env={**_env(tasks_dir), **s3}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert {n: (r.status, r.verdict) for n, r in read_rows(out).items()} == {
+        "ada": ("graded", "strong"), "bo": ("graded", "strong")}
+    assert load_result(out / "bo" / RESULT_FILE).score == 100.0
+    fs.invalidate_cache()
+    assert {p.rsplit("/", 1)[-1] for p in fs.ls("hiring-round/r1")} == {"cohort", "results", "submissions", "tries"}
+    assert len(fs.ls("hiring-round/r1/cohort/reference")) == 1
+    assert not (out / ".fleet-storage").exists()
 
 
 def test_missing_ray_is_one_line(tmp_path: Path) -> None:
