@@ -38,7 +38,7 @@ PACKS = discover([])
 DEFAULT = "default"
 OTHER_COHORTS: dict[str, dict[str, tuple[str, ...] | None]] = {
     "data-prep": {"corpus-cohort-b": None, "corpus-cohort-c": ("good",)},
-    "lora-sft": {"corpus-cohort-b": ("good", "good-trl", "flawed-train-on-val", "flawed-hand-loop-on-val")},
+    "lora-sft": {"corpus-cohort-b": ("good", "good-trl", "flawed-train-on-val")},
     "qlora-tune": {"corpus-cohort-b": ("good", "good-trl", "flawed-last-trial")},
     "sft-dpo": {"corpus-cohort-b": ("good", "good-ref-model")},
 }
