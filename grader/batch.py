@@ -207,6 +207,20 @@ def packs_of(entries: list[Entry], tasks_dirs: list[Path]) -> dict[str, TaskPack
     return packs
 
 
+def batch_entries(req: BatchRequest) -> list[Entry]:
+    if req.task is not None:
+        get_task(req.task, req.tasks_dirs)  # an unknown --task is the whole batch's bad input
+    return find_entries(req.folder, req.task, req.out)
+
+
+def still_to_grade(entries: list[Entry], store: BatchStore, regrade: bool) -> tuple[list[Entry], list[str]]:
+    """The entries to grade now (all with ``regrade``, else those not recorded as finished), and the
+    names of the others."""
+    done = store.rows()
+    todo = [e for e in entries if regrade or e.name not in done or done[e.name].status not in FINISHED]
+    return todo, [e.name for e in entries if e not in todo]
+
+
 def require_sandbox(options: dict[str, Any]) -> None:
     """The sandbox every grade of this machine will use must isolate (or be allowed not to): refused once
     for the whole batch, never recorded as each candidate's bad input."""
@@ -217,15 +231,11 @@ def require_sandbox(options: dict[str, Any]) -> None:
 def run_batch(req: BatchRequest, events: BatchEvents | None = None) -> BatchSummary:
     """Grade every entry not yet recorded as finished (every entry with ``regrade``)."""
     events = events or BatchEvents()
-    if req.task is not None:
-        get_task(req.task, req.tasks_dirs)  # an unknown --task is the whole batch's bad input
-    entries = find_entries(req.folder, req.task, req.out)
+    entries = batch_entries(req)
     require_sandbox(req.options)
     store = BatchStore(req.out)
     try:
-        done = store.rows()
-        todo = [e for e in entries if req.regrade or e.name not in done or done[e.name].status not in FINISHED]
-        skipped = [e.name for e in entries if e not in todo]
+        todo, skipped = still_to_grade(entries, store, req.regrade)
         packs = packs_of(todo, req.tasks_dirs)
         slots = host_slots(req.jobs)
         if len(todo) > 1:

@@ -31,12 +31,13 @@ from grader.batch import (
     BatchRequest,
     BatchSummary,
     Entry,
-    find_entries,
+    batch_entries,
     grade_entry,
     packs_of,
     require_sandbox,
+    still_to_grade,
 )
-from grader.batch_store import FINISHED, BatchStore, Status
+from grader.batch_store import BatchStore, Status
 from grader.constants import BUILTIN_TASKS, OUTPUT_MARKER, RESULT_FILE
 from grader.errors import BadInput, GraderFault, TunegradeError
 from grader.result import load_result
@@ -254,16 +255,12 @@ def run_fleet(req: BatchRequest, fleet: FleetOptions, events: BatchEvents | None
     """Grade every entry not yet recorded as finished, across the cluster; same contract as run_batch."""
     events = events or BatchEvents()
     ray = import_ray()
-    if req.task is not None:
-        get_task(req.task, req.tasks_dirs)
-    entries = find_entries(req.folder, req.task, req.out)
+    entries = batch_entries(req)
     storage = Storage(storage_url(fleet.storage, req.out))
     storage.check()
     store = BatchStore(req.out)
     try:
-        done = store.rows()
-        todo = [e for e in entries if req.regrade or e.name not in done or done[e.name].status not in FINISHED]
-        skipped = [e.name for e in entries if e not in todo]
+        todo, skipped = still_to_grade(entries, store, req.regrade)
         packs = packs_of(todo, req.tasks_dirs)
         connect(ray, fleet.address)
         cap = capacity(ray)
