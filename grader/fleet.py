@@ -82,9 +82,6 @@ class FleetOutcome(BaseModel):
     score: float | None = None
     result_key: str | None = None
     node: str = ""
-    seconds: float = 0.0
-    shared_taken: list[str] = []
-    shared_given: list[str] = []
 
 
 def submission_key(job: FleetJob) -> str:
@@ -117,11 +114,10 @@ def grade_on_node(job: FleetJob) -> FleetOutcome:
 
     from grader.progress import Progress
 
-    t0 = time.perf_counter()
     storage = Storage(job.storage)
     node = ray.get_runtime_context().get_node_id()
     storage.put_bytes(f"{tries_key(job.candidate, job.token)}/{uuid.uuid4().hex}", node.encode())
-    taken = cohort_share.pull(storage)
+    cohort_share.pull(storage)
     before = cohort_share.local_entries()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     entry = Entry(name=job.candidate, path=Path(job.source_name), task=job.task)
@@ -145,13 +141,12 @@ def grade_on_node(job: FleetJob) -> FleetOutcome:
         result = graded.result
         if result is not None:
             storage.put_tree(result_key(job), out)
-    given = cohort_share.push(storage, before)
+    cohort_share.push(storage, before)
     return FleetOutcome(
         status=graded.status, message=graded.message,
         verdict=result.verdict if result else None, score=result.score if result else None,
         result_key=result_key(job) if result else None,
-        node=node, seconds=round(time.perf_counter() - t0, 3),
-        shared_taken=taken, shared_given=given,
+        node=node,
     )
 
 
