@@ -66,11 +66,12 @@ def pull(storage: Storage) -> list[str]:
 def push(storage: Storage, before: set[str]) -> list[str]:
     """Give the storage the entries this node made since ``before`` (and the storage lacks)."""
     root = cache_root()
+    made = sorted(local_entries() - before)
+    stored = {kind: storage.names(f"{PREFIX}/{kind}") for kind in {e.split("/", 1)[0] for e in made}}
     given = []
-    for entry in sorted(local_entries() - before):
+    for entry in made:
         kind, name = entry.split("/", 1)
-        stored = storage.names(f"{PREFIX}/{kind}")
-        if name in stored or f"{name}.tar" in stored:
+        if name in stored[kind] or f"{name}.tar" in stored[kind]:
             continue
         if kind == STORE_DIR:
             storage.put_file(f"{PREFIX}/{entry}", root / entry)

@@ -38,8 +38,9 @@ from grader.batch import (
     still_to_grade,
 )
 from grader.batch_store import BatchStore, Status
-from grader.constants import BUILTIN_TASKS, OUTPUT_MARKER, RESULT_FILE
+from grader.constants import BUILTIN_TASKS, RESULT_FILE
 from grader.errors import BadInput, GraderFault, TunegradeError
+from grader.pipeline import is_result_folder
 from grader.result import load_result
 from grader.storage import Storage, storage_url
 from grader.tasks import TaskPack, get_task, task_dirs
@@ -180,8 +181,7 @@ def connect(ray: Any, address: str | None) -> None:
                  configure_logging=True)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"at {address}" if address else "on this machine"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInput(f"no Ray cluster {where}: {first}") from None
+        raise BadInput(f"no Ray cluster {where}: {_first_line(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ def _take_result(storage: Storage, key: str, out: Path, candidate: str) -> None:
         tree = storage.get_tree(key, landing)
         target = out / candidate
         if target.exists():
-            if not (target / OUTPUT_MARKER).is_file() and not (target / RESULT_FILE).is_file():
+            if not is_result_folder(target):
                 raise BadInput(f"{target} exists and is not a tunegrade result folder; choose another --out")
             shutil.rmtree(target)
         tree.rename(target)
@@ -235,15 +235,15 @@ class _Flight:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _infrastructure(exc: BaseException, retries: int) -> str:
     """The message of a grade the fleet could not finish: the node's own fault, or a lost worker."""
     cause = getattr(exc, "cause", None)  # RayTaskError: what the node's grader raised
     if isinstance(cause, BaseException):
-        return f"infrastructure: {_first_line(cause)}"
-    return f"infrastructure: {type(exc).__name__} after {retries + 1} starts: {_first_line(exc)}"
+        return f"infrastructure: {_first_line(cause)[:300]}"
+    return f"infrastructure: {type(exc).__name__} after {retries + 1} starts: {_first_line(exc)[:300]}"
 
 
 def run_fleet(req: BatchRequest, fleet: FleetOptions, events: BatchEvents | None = None) -> BatchSummary:

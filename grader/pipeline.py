@@ -77,12 +77,16 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def is_result_folder(out: Path) -> bool:
+    """A folder tunegrade made for a grade: its result, or its marker (a grade killed mid-way)."""
+    return (out / RESULT_FILE).exists() or (out / OUTPUT_MARKER).is_file()
+
+
 def _prepare_out(out: Path) -> None:
     """Never overwrite a folder tunegrade did not make: nothing of the user's is lost."""
     if out.exists() and not out.is_dir():
         raise BadInput(f"output path {out} exists and is not a folder")
-    ours = (out / RESULT_FILE).exists() or (out / OUTPUT_MARKER).is_file()  # a grade's, maybe one killed mid-way
-    if out.is_dir() and any(out.iterdir()) and not ours:
+    if out.is_dir() and any(out.iterdir()) and not is_result_folder(out):
         raise BadInput(f"output folder {out} is not empty and holds no {RESULT_FILE}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / OUTPUT_MARKER).write_text("A tunegrade result folder: intake leaves it out of any submission.\n",
