@@ -40,21 +40,21 @@ def prepare_inputs(pack: TaskPack, mounts_dir: Path, *, public: bool, hidden_see
     """Generate (or copy the public) inputs; ``mounts_dir`` receives the input folders and nothing else."""
     grader_dir = Path(tempfile.mkdtemp(prefix=GRADER_DIR_PREFIX))  # mode 0700, outside the result folder
     try:
+        base = resolve_base_model(base_model) if pack.base_model_inputs() else None
+        models = {name: base.path for name in pack.base_model_inputs()} if base else {}
         if public:
             manifest = copy_public(pack, grader_dir)
             variant = f"{pack.id}@{pack.spec.version}#public"
         else:
             seed_text = hidden_seed or pack.spec.data.default_hidden_seed
-            manifest = pack.generate(grader_dir, seed_text)
+            manifest = pack.generate(grader_dir, seed_text, models)
             variant = hidden_variant(pack, seed_text)
         mounts_dir.mkdir(parents=True, exist_ok=True)
         mounts = {}
         for name in pack.generated_inputs():
             mounts[name] = mounts_dir / name
             shutil.move(grader_dir / name, mounts[name])
-        mounts |= pack.asset_inputs()
-        base = resolve_base_model(base_model) if pack.base_model_inputs() else None
-        mounts |= {name: base.path for name in pack.base_model_inputs()} if base else {}
+        mounts |= pack.asset_inputs() | models
     except BaseException:
         shutil.rmtree(grader_dir, ignore_errors=True)
         raise

@@ -82,11 +82,14 @@ class TaskPack:
     def generated_inputs(self) -> list[str]:
         return [name for name, inp in self.spec.inputs.items() if inp.generated]
 
-    def generate(self, dest: Path, seed: str) -> dict[str, Any]:
-        """Run the pack's seeded generator into ``dest`` and write its manifest there (see grader/inputs.py)."""
+    def generate(self, dest: Path, seed: str, models: dict[str, Path] | None = None) -> dict[str, Any]:
+        """Run the pack's seeded generator into ``dest`` and write its manifest there (see grader/inputs.py).
+        Its ``assets`` are the pack's asset inputs and ``models``, the base model folders chosen for this
+        grade by input name: a generator may build inputs with the base model (model-selection trains
+        the adapters the candidate compares)."""
         dest.mkdir(parents=True, exist_ok=True)
         module = _load_module(self.dir / self.spec.data.generator, f"tunegrade_gen_{self.id.replace('-', '_')}")
-        manifest = module.generate(dest, seed, self.asset_inputs())
+        manifest = module.generate(dest, seed, self.asset_inputs() | (models or {}))
         (dest / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
         for name in self.generated_inputs():
             if not (dest / name).is_dir():
