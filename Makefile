@@ -35,7 +35,7 @@ demo: $(STAMP)
 	fi
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30
 
 clean:
 	rm -rf $(VENV) graded build *.egg-info
