@@ -241,7 +241,8 @@ def solutions_cmd(task: str, name: str | None, dest: Path | None) -> None:
         for col in ("solution", "kind", "caught by"):
             table.add_column(col)
         for sol in list_solutions(pack):
-            table.add_row(sol.name, "good" if sol.check is None else "flawed", sol.check or "")
+            caught = f"{sol.check} (on a cohort like {sol.cohort})" if sol.cohort else sol.check or ""
+            table.add_row(sol.name, "good" if sol.check is None else "flawed", caught)
         _stdout().print(table)
         return
     if dest is None:

@@ -1,7 +1,9 @@
 """A task's reference solutions: good ones as full folders, each flaw as a patch against good/.
 
 ``solutions/good*/`` are complete submissions. ``solutions/flawed-*/`` hold ``FLAW.md`` (first
-line ``check: <id>``: the check that must catch the flaw) and ``flaw.patch``, a unified diff
+line ``check: <id>``: the check that must catch the flaw; an optional second line ``cohort: <hidden
+seed>`` for a flaw that shows only on some cohorts, e.g. pooling the days of an A/B test only misleads
+where the effect fades) and ``flaw.patch``, a unified diff
 against ``../good``, so a reader sees the flaw in a few lines instead of hunting for it in a full
 copy. :func:`materialise` writes the full submission that the tests and ``tunegrade solutions``
 need, applying the patch with ``git apply``.
@@ -24,26 +26,30 @@ FLAW_PREFIX = "flawed-"
 FLAW_FILE = "FLAW.md"
 PATCH_FILE = "flaw.patch"
 CHECK_LINE = "check: "
+COHORT_LINE = "cohort: "
 GIT_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
 class Solution:
-    """One reference solution; ``check`` is set for a flaw (the check that must catch it)."""
+    """One reference solution; ``check`` is set for a flaw (the check that must catch it), ``cohort`` for
+    a flaw that only a cohort like that hidden seed's shows."""
 
     name: str
     dir: Path
     check: str | None = None
+    cohort: str | None = None
 
 
-def _flaw_check(folder: Path) -> str:
+def _flaw(folder: Path) -> Solution:
     for name in (FLAW_FILE, PATCH_FILE):
         if not (folder / name).is_file():
             raise BadInput(f"{folder}: a flawed solution is {FLAW_FILE} and {PATCH_FILE}; {name} is missing")
     lines = (folder / FLAW_FILE).read_text(encoding="utf-8").splitlines()
     if not lines or not lines[0].startswith(CHECK_LINE) or not lines[0].removeprefix(CHECK_LINE).strip():
         raise BadInput(f"{folder / FLAW_FILE}: the first line must be '{CHECK_LINE}<id>'")
-    return lines[0].removeprefix(CHECK_LINE).strip()
+    cohort = lines[1].removeprefix(COHORT_LINE).strip() if len(lines) > 1 and lines[1].startswith(COHORT_LINE) else None
+    return Solution(folder.name, folder, lines[0].removeprefix(CHECK_LINE).strip(), cohort or None)
 
 
 def list_solutions(pack: TaskPack) -> list[Solution]:
@@ -51,7 +57,7 @@ def list_solutions(pack: TaskPack) -> list[Solution]:
     root = pack.dir / SOLUTIONS_DIR
     folders = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
     folders.sort(key=lambda p: (not p.name.startswith(BASE), p.name))
-    return [Solution(p.name, p, _flaw_check(p) if p.name.startswith(FLAW_PREFIX) else None)
+    return [_flaw(p) if p.name.startswith(FLAW_PREFIX) else Solution(p.name, p)
             for p in folders if p.name.startswith((BASE, FLAW_PREFIX))]
 
 

@@ -129,6 +129,16 @@ def test_flaw_folder_needs_a_patch_and_a_check_line(echo_pack) -> None:
         list_solutions(discover([root])["echo"])
 
 
+def test_a_flaw_may_name_the_cohort_that_shows_it(echo_pack, capsys) -> None:
+    root, add_flaw = echo_pack
+    add_flaw("flawed-only-some", "check: echoed\ncohort: fixture-b\n\nOnly cohort b's input shows it.\n", "")
+    add_flaw("flawed-everywhere", "check: echoed\n\ncohort: is prose here, not the second line.\n", "")
+    flaws = {s.name: s for s in list_solutions(discover([root])["echo"]) if s.check}
+    assert (flaws["flawed-only-some"].cohort, flaws["flawed-everywhere"].cohort) == ("fixture-b", None)
+    code, out, _ = run(capsys, "solutions", "ab-and-cost")
+    assert code == 0 and "ab-decision (on a cohort like corpus-cohort-b)" in out
+
+
 def test_unknown_solution_and_busy_destination(tmp_path: Path) -> None:
     pack = PACKS["data-prep"]
     with pytest.raises(BadInput, match=r"task data-prep has no solution 'flawed-nope' \(known: good, flawed-html, "):
