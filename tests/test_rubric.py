@@ -120,11 +120,11 @@ def test_rejects_empty_checks_without_panel(tmp_path: Path, base: dict[str, Any]
 
 def test_rejects_panel_without_note(tmp_path: Path, base: dict[str, Any]) -> None:
     data = copy.deepcopy(base)
-    del data["levels"][3]["competencies"][2]["note"]
+    del data["levels"][3]["competencies"][3]["note"]
     rejects(
         tmp_path,
         data,
-        "levels[3].competencies[2].note: a panel competency needs a `note` naming the evidence the panel looks for",
+        "levels[3].competencies[3].note: a panel competency needs a `note` naming the evidence the panel looks for",
     )
 
 

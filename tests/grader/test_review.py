@@ -124,3 +124,20 @@ def test_another_candidates_result_is_a_warning(capsys, tmp_path: Path) -> None:
                  "--out", str(tmp_path / "review")])
     err = capsys.readouterr().err
     assert code == 0 and "tunegrade: warning: " in err and "candidate 'alice', not 'bob'" in err
+
+
+def test_lead_and_principal_tasks_put_checks_on_the_top_rungs() -> None:
+    """model-selection (lead) and ab-and-cost (principal) evidence the competencies they were built for;
+    the strategy and platform ones stay with the panel."""
+    results = [*all_tasks(), as_task(data_prep(), "model-selection"), as_task(data_prep(), "ab-and-cost")]
+    review = build_review("alice", RUBRIC, results, [*TASK_LEVELS, "lead", "principal"])
+    assert review.top_task_level == "principal"
+    assert statuses(review, "lead") == {"team-strategy": "awaiting-panel", "best-practices": "awaiting-panel",
+                                        "experiment-coordination": "awaiting-panel", "model-selection": "met"}
+    assert statuses(review, "principal") == {
+        "enterprise-platform": "awaiting-panel", "automated-fine-tuning": "awaiting-panel", "model-versioning": "met",
+        "ab-testing": "met", "cost-speed-at-scale": "met"}
+    failed_ab = as_task(data_prep(), "ab-and-cost", "fail")
+    review = build_review("alice", RUBRIC, [*results[:-1], failed_ab], [*TASK_LEVELS, "lead", "principal"])
+    assert {c: s for c, s in statuses(review, "principal").items() if s != "awaiting-panel"} == {
+        "model-versioning": "not-met", "ab-testing": "not-met", "cost-speed-at-scale": "not-met"}
