@@ -44,7 +44,7 @@ def test_tasks_env_var(capsys, fixture_tasks: Path, monkeypatch: pytest.MonkeyPa
 def test_unknown_task_is_bad_input(capsys, tmp_path: Path) -> None:
     code, _, err = run(capsys, "grade", str(ECHO_GOOD), "--task", "nope", "--out", str(tmp_path / "o"))
     assert code == 2
-    assert one_error_line(err).startswith("tunegrade: error: unknown task 'nope' (known: data-prep")
+    assert one_error_line(err).startswith("tunegrade: error: unknown task 'nope' (known: ab-and-cost, data-prep")
 
 
 def test_missing_submission_is_bad_input(capsys, tmp_path: Path, fixture_tasks: Path) -> None:

@@ -38,13 +38,15 @@ PACKS = discover([])
 DEFAULT = "default"
 OTHER_COHORTS: dict[str, dict[str, tuple[str, ...] | None]] = {
     "data-prep": {"corpus-cohort-b": None, "corpus-cohort-c": ("good",)},
-    "lora-sft": {"corpus-cohort-b": ("good", "good-trl", "flawed-train-on-val")},
-    "qlora-tune": {"corpus-cohort-b": ("good", "good-trl", "flawed-last-trial")},
+    "lora-sft": {"corpus-cohort-b": ("good", "good-trl")},
+    "qlora-tune": {"corpus-cohort-b": ("good", "good-trl")},
     "sft-dpo": {"corpus-cohort-b": ("good", "good-ref-model")},
-    "model-selection": {"corpus-cohort-b": ("good", "good-analytic")},
+    "model-selection": {"corpus-cohort-b": ("good", "good-analytic", "flawed-val-only")},
     "ab-and-cost": {"corpus-cohort-b": ("good", "good-bayes")},
 }
-"""Per task, the other hidden seeds and the solutions graded on each (None: all of them)."""
+"""Per task, the other hidden seeds and the solutions graded on each (None: all of them). Every good solution
+is graded on another cohort; a flaw sample there is data-prep's (all of them) and model-selection's (one),
+the cheapest grades, plus ab-and-cost's flaw that only a fading effect shows (its FLAW.md's cohort)."""
 CASES = [(pack.id, sol.name, sol.cohort or DEFAULT) for pack in PACKS.values() for sol in list_solutions(pack)] + [
     (pack.id, "starter", DEFAULT) for pack in PACKS.values()]
 CASES += [(task, sol.name, cohort) for task, cohorts in OTHER_COHORTS.items() for cohort, names in cohorts.items()
