@@ -312,7 +312,7 @@ def test_a_promotion_review_across_tasks_and_a_two_rater_panel(cohorts: dict[str
                  str(sft_dpo), "--out", str(review)]) == 0
     html = (review / "review.html").read_text(encoding="utf-8")
     assert {pack.spec.level for pack in PACKS.values()} == {"junior", "middle", "senior", "lead", "principal"}
-    assert "not assessed by any task" not in html  # every rung has a task now, lead and principal included
+    assert "badge rung-beyond-tasks" not in html  # every rung has a task now, lead and principal included
     for competency in ("model-selection", "ab-testing", "model-versioning", "cost-speed-at-scale"):
         row = re.search(rf'<tr id="c-{competency}">.*?</tr>', html, re.S)
         assert row is not None and '<span class="badge met">' in row.group(0), competency  # on the top rungs
