@@ -13,14 +13,14 @@ timestamps. The manifest (grader-only) says which name has which role.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import random
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
+
+from grader.checks import sibling_module
 
 HERE = Path(__file__).resolve().parent
 LORA_SFT_GENERATOR = HERE.parents[1] / "lora-sft" / "hidden" / "generate.py"
@@ -32,22 +32,12 @@ FIXED_MTIME = 1_700_000_000  # every candidate file and folder: no build order t
 PUBLIC_SEED = "public"
 
 
-def _load(path: Path, name: str) -> Any:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def _lora_sft() -> Any:
-    return _load(LORA_SFT_GENERATOR, "_tunegrade_model_selection_lora_sft_generate")
+    return sibling_module(str(LORA_SFT_GENERATOR), "generate")
 
 
 def _builder() -> Any:
-    return _load(HERE / "build_adapters.py", "_tunegrade_model_selection_build_adapters")
+    return sibling_module(__file__, "build_adapters")
 
 
 def _rng(seed: str, purpose: str) -> random.Random:
