@@ -17,10 +17,12 @@ TOKENIZER_DIR = REPO / "tasks" / "_shared" / "tokenizer"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():  # type: ignore[no-untyped-def]
     """The models here are tiny: several threads only fight each other (and other jobs on a shared
-    machine), which made this suite 3x slower. Restored afterwards for the rest of the session."""
+    machine), which made this suite 3x slower. Restored after each module: a session-wide setting
+    leaked into every later test, and measurements keyed by the thread count then missed the cache
+    the corpus's grades (their own processes, all threads) had filled."""
     import torch
 
     before = torch.get_num_threads()
